@@ -1,0 +1,108 @@
+"""The device tree pyvmm hands an arm64 guest, generated from the machine's actual devices (with `fdt`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import fdt
+
+from pyvmm.arch.arm64 import layout
+from pyvmm.arch.arm64.gic import Gic
+
+GIC_PHANDLE = 1
+IRQ_TYPE_SPI = 0
+IRQ_TYPE_PPI = 1
+IRQ_LEVEL_HIGH = 4
+UART_CLOCK_HZ = 1_843_200
+
+
+@dataclass
+class MmioDeviceNode:
+    """A device on the MMIO bus that the guest must discover through the tree (virtio-mmio, ...)."""
+
+    name: str
+    base: int
+    size: int
+    compatible: list[str]
+    spi: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _cells64(*values: int) -> list[int]:
+    cells: list[int] = []
+    for value in values:
+        cells += [value >> 32, value & 0xFFFF_FFFF]
+    return cells
+
+
+def _node(name: str, *props: fdt.Property) -> fdt.Node:
+    node = fdt.Node(name)
+    for prop in props:
+        node.append(prop)
+    return node
+
+
+def build(*, mpidrs: list[int], memory_base: int, memory_size: int, gic: Gic, bootargs: str,
+          initrd: tuple[int, int] | None, devices: list[MmioDeviceNode]) -> bytes:
+    tree = fdt.FDT()
+    root = tree.root
+    for prop in (fdt.PropStrings("compatible", "linux,dummy-virt"), fdt.PropWords("#address-cells", 2),
+                 fdt.PropWords("#size-cells", 2), fdt.PropWords("interrupt-parent", GIC_PHANDLE),
+                 fdt.PropStrings("model", "pyvmm arm64")):
+        root.append(prop)
+
+    cpus = _node("cpus", fdt.PropWords("#address-cells", 1), fdt.PropWords("#size-cells", 0))
+    for index, mpidr in enumerate(mpidrs):
+        cpus.append(_node(f"cpu@{index:x}", fdt.PropStrings("device_type", "cpu"),
+                          fdt.PropStrings("compatible", "arm,arm-v8"), fdt.PropStrings("enable-method", "psci"),
+                          fdt.PropWords("reg", mpidr & 0xFF_FFFF)))
+    root.append(cpus)
+
+    root.append(_node(f"memory@{memory_base:x}", fdt.PropStrings("device_type", "memory"),
+                      fdt.PropWords("reg", *_cells64(memory_base, memory_size))))
+
+    reg: list[int] = []
+    for base, size in gic.regions:
+        reg += _cells64(base, size)
+    root.append(_node(f"intc@{layout.GIC_DIST:x}", fdt.PropStrings("compatible", gic.compatible),
+                      fdt.Property("interrupt-controller"), fdt.PropWords("#interrupt-cells", 3),
+                      fdt.PropWords("#address-cells", 2), fdt.PropWords("#size-cells", 2),
+                      fdt.PropWords("reg", *reg), fdt.PropWords("phandle", GIC_PHANDLE)))
+
+    # GICv2 PPIs carry a CPU mask in bits 8-15 of the flags cell; GICv3 has none.
+    ppi_flags = IRQ_LEVEL_HIGH | ((((1 << min(len(mpidrs), 8)) - 1) << 8) if gic.version == 2 else 0)
+    timer_irqs: list[int] = []
+    for ppi in layout.TIMER_PPIS:
+        timer_irqs += [IRQ_TYPE_PPI, ppi, ppi_flags]
+    root.append(_node("timer", fdt.PropStrings("compatible", "arm,armv8-timer"), fdt.Property("always-on"),
+                      fdt.PropWords("interrupts", *timer_irqs)))
+
+    root.append(_node("psci", fdt.PropStrings("compatible", "arm,psci-0.2"), fdt.PropStrings("method", "hvc")))
+
+    uart_path = f"/serial@{layout.UART:x}"
+    root.append(_node(uart_path[1:], fdt.PropStrings("compatible", "ns16550a"),
+                      fdt.PropWords("reg", *_cells64(layout.UART, layout.UART_SIZE)),
+                      fdt.PropWords("interrupts", IRQ_TYPE_SPI, layout.UART_SPI, IRQ_LEVEL_HIGH),
+                      fdt.PropWords("clock-frequency", UART_CLOCK_HZ)))
+    root.append(_node(f"pyvmm-testdev@{layout.TESTDEV:x}", fdt.PropStrings("compatible", "pyvmm,testdev"),
+                      fdt.PropWords("reg", *_cells64(layout.TESTDEV, layout.TESTDEV_SIZE))))
+
+    for device in devices:
+        props = [fdt.PropStrings("compatible", *device.compatible),
+                 fdt.PropWords("reg", *_cells64(device.base, device.size))]
+        if device.spi is not None:
+            props.append(fdt.PropWords("interrupts", IRQ_TYPE_SPI, device.spi, IRQ_LEVEL_HIGH))
+        for name, value in device.extra.items():
+            props.append(fdt.Property(name) if value is True else fdt.PropWords(name, int(value)))
+        root.append(_node(f"{device.name}@{device.base:x}", *props))
+
+    chosen = _node("chosen", fdt.PropStrings("bootargs", bootargs), fdt.PropStrings("stdout-path", uart_path),
+                   fdt.PropBytes("rng-seed", data=os.urandom(64)),
+                   fdt.PropWords("kaslr-seed", *_cells64(int.from_bytes(os.urandom(8), "little"))))
+    if initrd is not None:
+        start, end = initrd
+        chosen.append(fdt.PropWords("linux,initrd-start", *_cells64(start)))
+        chosen.append(fdt.PropWords("linux,initrd-end", *_cells64(end)))
+    root.append(chosen)
+    return tree.to_dtb(version=17)

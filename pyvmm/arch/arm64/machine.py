@@ -1,0 +1,83 @@
+"""Assemble the arm64 machine: VM, RAM, vCPUs, vGIC, UART and test device on the MMIO bus, kernel + DTB."""
+
+from __future__ import annotations
+
+from pyvmm.arch.arm64 import boot, devicetree, gic, image, layout, vcpu_setup
+from pyvmm.arch.machine import Machine, MachineContext, read_image
+from pyvmm.devices.bus import Bus
+from pyvmm.devices.serial import Serial16550
+from pyvmm.devices.testdev import TestDevice
+from pyvmm.errors import MissingFileError
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vm import Vm
+
+ARCH = "arm64"
+UART_PATH = f"/serial@{layout.UART:x}"
+
+
+def default_bootargs(user: str) -> str:
+    """The user's command line, plus the console pyvmm provides unless the user chose one."""
+    extra = [] if "console=" in user else [f"console=ttyS0", "earlycon"]
+    return " ".join(part for part in [user.strip(), *extra] if part)
+
+
+def build(ctx: MachineContext) -> Machine:
+    config = ctx.config
+    path = config.kernel
+    if path is None:
+        import pyvmm_guests
+
+        path = pyvmm_guests.path(ARCH, "hello")
+    kernel = image.parse(read_image(path), str(path))
+    initrd_data = read_image(config.initrd, "initrd") if config.initrd is not None else None
+    placement = boot.place(kernel, len(initrd_data) if initrd_data is not None else None, layout.RAM, config.memory)
+
+    vm = Vm(ctx.kvm)
+    vcpus: list[Vcpu] = []
+    try:
+        for hook in ctx.before_vcpus:
+            hook(vm)
+        vm.add_ram(layout.RAM, config.memory)
+        target = vcpu_setup.preferred_target(vm)
+        for index in range(config.cpus):
+            vcpu = Vcpu(vm, index)
+            vcpus.append(vcpu)
+            vcpu_setup.init_vcpu(vcpu, target, powered_off=index > 0)
+        interrupt_controller = gic.create(vm, config.cpus, config.irqchip)
+        gic.finalize(interrupt_controller)
+
+        mmio_bus = Bus("MMIO")
+        uart_irq = gic.spi_irq_line(layout.UART_SPI)
+        uart = Serial16550(ctx.console_output, lambda level: vm.irq_line(uart_irq, level), name="ttyS0")
+        mmio_bus.register(layout.UART, layout.UART_SIZE, uart)
+        testdev = TestDevice(ctx.on_guest_exit, config.guest_args)
+        mmio_bus.register(layout.TESTDEV, layout.TESTDEV_SIZE, testdev)
+
+        vm.memory.write(placement.kernel, kernel.data)
+        initrd_range = None
+        if initrd_data is not None:
+            vm.memory.write(placement.initrd, initrd_data)
+            initrd_range = (placement.initrd, placement.initrd + len(initrd_data))
+        dtb = devicetree.build(
+            mpidrs=[vcpu_setup.mpidr(v) for v in vcpus], memory_base=layout.RAM, memory_size=config.memory,
+            gic=interrupt_controller, bootargs=default_bootargs(config.cmdline), initrd=initrd_range, devices=[],
+        )
+        if len(dtb) > layout.DTB_MAX_SIZE:
+            raise MissingFileError(f"the generated device tree is {len(dtb)} bytes, over the 2 MiB the protocol allows")
+        vm.memory.write(placement.dtb, dtb)
+        if config.dtb_dump is not None:
+            try:
+                config.dtb_dump.write_bytes(dtb)
+            except OSError as err:
+                raise MissingFileError(f"cannot write --dump-dtb {config.dtb_dump}: {err.strerror}") from None
+        vcpu_setup.set_boot_registers(vcpus[0], placement.kernel, placement.dtb)
+    except BaseException:
+        for vcpu in vcpus:
+            vcpu.close()
+        vm.close()
+        raise
+    return Machine(
+        arch=ARCH, vm=vm, vcpus=vcpus, mmio_bus=mmio_bus, pio_bus=None, uart=uart, testdev=testdev, dtb=dtb,
+        description={"kernel": str(path), "kernel_address": placement.kernel, "dtb_address": placement.dtb,
+                     "initrd_address": placement.initrd, "gic": f"v{interrupt_controller.version}"},
+    )

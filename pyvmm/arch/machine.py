@@ -1,0 +1,86 @@
+"""What every architecture's machine builder receives and returns."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pyvmm.config import VmConfig
+from pyvmm.devices.bus import Bus
+from pyvmm.devices.serial import Serial16550
+from pyvmm.devices.testdev import TestDevice
+from pyvmm.errors import ImageError, MissingFileError
+from pyvmm.kvm.system import Kvm
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vm import Vm
+from pyvmm.vmm.outcome import VmOutcome
+
+
+@dataclass
+class MachineContext:
+    config: VmConfig
+    kvm: Kvm
+    console_output: Callable[[bytes], None]
+    on_guest_exit: Callable[[int], None]  # the test device's EXIT register was written
+    # Hooks called on the VM before any vCPU exists (idle policy caps that must come first, e.g. x86 DISABLE_EXITS).
+    before_vcpus: list[Callable[[Vm], None]] = field(default_factory=list)
+    hide_pv_unhalt: bool = False  # x86: HLT passthrough forbids advertising KVM_FEATURE_PV_UNHALT
+
+
+@dataclass
+class Machine:
+    arch: str
+    vm: Vm
+    vcpus: list[Vcpu]
+    mmio_bus: Bus
+    pio_bus: Bus | None
+    uart: Serial16550
+    testdev: TestDevice
+    on_system_event: Callable[[int, int], VmOutcome | None] | None = None
+    dtb: bytes | None = None
+    description: dict = field(default_factory=dict)  # what was loaded where, for --debug and the docs
+
+    def close(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.close()
+        self.vm.close()
+
+
+def read_image(path: os.PathLike | str, what: str = "kernel", limit: int = 1 << 31) -> bytes:
+    """Read a user-named file whole, with the one-line errors the CLI promises."""
+    try:
+        size = os.path.getsize(path)
+        if size > limit:
+            raise ImageError(f"{what} {path} is {size >> 20} MiB: larger than pyvmm can load ({limit >> 20} MiB)")
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise MissingFileError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise MissingFileError(f"{what} {path} is a directory, not a file") from None
+    except PermissionError:
+        raise MissingFileError(f"{what} {path} is not readable (permission denied)") from None
+    except OSError as err:
+        raise MissingFileError(f"cannot read {what} {path}: {err.strerror}") from None
+    if not data:
+        raise ImageError(f"{what} {path} is empty")
+    return data
+
+
+def describe_foreign_image(data: bytes) -> str | None:
+    """Name a well-known image format, so a wrong file gets a useful refusal rather than a crashed guest."""
+    if data[:4] == b"\x7fELF":
+        machine = int.from_bytes(data[18:20], "little") if len(data) >= 20 else 0
+        return {62: "an x86_64 ELF file", 3: "an i386 ELF file", 183: "an arm64 ELF file"}.get(machine, "an ELF file")
+    if len(data) >= 0x206 and data[0x202:0x206] == b"HdrS":
+        return "a Linux x86 bzImage"
+    if len(data) >= 60 and data[56:60] == b"ARM\x64":
+        return "an arm64 Linux Image"
+    if data[:2] == b"\x1f\x8b":
+        return "a gzip-compressed file"
+    if data[:2] == b"MZ":
+        return "a PE/EFI executable"
+    if data[:4] == b"\xd0\x0d\xfe\xed":
+        return "a device tree blob"
+    return None

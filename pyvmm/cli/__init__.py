@@ -1,0 +1,42 @@
+"""The `pyvmm` command line (click). Each command lives in its own module, imported only when it runs."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pyvmm import __version__
+
+
+class LazyGroup(click.Group):
+    """Subcommands are imported on demand: `pyvmm run` must not pay for `probe`'s imports."""
+
+    commands_by_module = {
+        "run": ("pyvmm.cli.run", "run"),
+        "probe": ("pyvmm.cli.probe", "probe"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands_by_module)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = self.commands_by_module.get(name)
+        if target is None:
+            return None
+        import importlib
+
+        module = importlib.import_module(target[0])
+        return getattr(module, target[1])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="pyvmm")
+def cli() -> None:
+    """pyvmm: a userspace virtual machine monitor for Linux KVM (arm64 and x86_64)."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pyvmm.cli.errors import run_cli
+
+    sys.exit(run_cli(cli, argv))

@@ -1,0 +1,332 @@
+"""Probe the host for everything that decides idle behaviour, and which mechanisms exist.
+
+Why each item: the kvm-arm.* boot parameters override per-VM thresholds (decision order in
+arm64-host/README.md); kvm module halt-poll parameters are the host-wide halt-poll default;
+the preemption model was the reviewers' suggested alternative to a per-VM threshold and
+changes how often a vCPU is descheduled; the CPU count bounds what pinning can do.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import platform
+import re
+import shlex
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .caps import KVM_CHECK_EXTENSION, KVM_ENABLE_CAP, CapTable, cap_table
+
+KVM_CREATE_VM = 0xAE01
+WFX_POLICY_MIN_KERNEL = (6, 11)  # kvm-arm.wf{i,e}_trap_policy first honoured in 6.11
+KVM_MODULE_PARAMS = ("halt_poll_ns", "halt_poll_ns_grow", "halt_poll_ns_grow_start",
+                     "halt_poll_ns_shrink")
+
+
+def normalize_arch(machine: str) -> str:
+    """uname machine -> pyvmm arch name ("aarch64" -> "arm64")."""
+    return {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64"}.get(
+        machine.lower(), machine.lower())
+
+
+def parse_kernel_version(release: str) -> tuple[int, int]:
+    """"6.12.117-wfx" -> (6, 12); (0, 0) if it cannot be read."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def parse_cmdline(text: str) -> dict[str, str]:
+    """Kernel parameters of /proc/cmdline as {name: value} (flag-only params map to "").
+
+    Parsing stops at "--": what follows goes to init, not the kernel. Quotes are honoured.
+    """
+    try:
+        words = shlex.split(text)
+    except ValueError:  # unbalanced quote: fall back to whitespace splitting
+        words = text.split()
+    out: dict[str, str] = {}
+    for w in words:
+        if w == "--":
+            break
+        k, _, v = w.partition("=")
+        out[k] = v
+    return out
+
+
+def parse_preempt_debugfs(text: str) -> str | None:
+    """/sys/kernel/debug/sched/preempt: "none voluntary (full) lazy" -> "full"."""
+    m = re.search(r"\((\w+)\)", text)
+    return m.group(1) if m else None
+
+
+def parse_preempt_uname(version: str) -> str | None:
+    """uname -v tokens: PREEMPT_RT, PREEMPT_DYNAMIC (mode chosen at boot), PREEMPT (full)."""
+    tokens = version.split()
+    if "PREEMPT_RT" in tokens:
+        return "rt"
+    if "PREEMPT_DYNAMIC" in tokens:
+        return "dynamic"
+    if "PREEMPT" in tokens:
+        return "full"
+    return None
+
+
+def parse_preempt_config(text: str) -> str | None:
+    """Kernel .config: the CONFIG_PREEMPT* choice."""
+    cfg = {m.group(1): m.group(2) for m in re.finditer(r"^(CONFIG_PREEMPT\w*)=(\S+)", text, re.M)}
+    if cfg.get("CONFIG_PREEMPT_RT") == "y":
+        return "rt"
+    if cfg.get("CONFIG_PREEMPT_DYNAMIC") == "y":
+        return "dynamic"
+    for key, model in (("CONFIG_PREEMPT", "full"), ("CONFIG_PREEMPT_VOLUNTARY", "voluntary"),
+                       ("CONFIG_PREEMPT_NONE", "none")):
+        if cfg.get(key) == "y":
+            return model
+    return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class PreemptModel:
+    """The host's preemption model and where that was learnt."""
+
+    model: str | None  # none, voluntary, full, lazy, rt, dynamic (boot-selectable, mode unknown)
+    source: str  # file or mechanism it came from, or why it is unknown
+
+
+def probe_preempt(release: str, uname_version: str, cmdline: Mapping[str, str]) -> PreemptModel:
+    """debugfs (exact current mode) > uname -v > /boot/config-RELEASE, in that order."""
+    text = _read("/sys/kernel/debug/sched/preempt")
+    if text and (m := parse_preempt_debugfs(text)):
+        return PreemptModel(m, "/sys/kernel/debug/sched/preempt")
+    model = parse_preempt_uname(uname_version)
+    src = "uname -v"
+    if model is None:
+        cfg = _read(f"/boot/config-{release}")
+        if cfg is not None:
+            model, src = parse_preempt_config(cfg), f"/boot/config-{release}"
+    if model == "dynamic" and "preempt" in cmdline:
+        # PREEMPT_DYNAMIC: the boot parameter picks the mode (debugfs was not readable).
+        return PreemptModel(cmdline["preempt"], f"{src} PREEMPT_DYNAMIC + preempt= on /proc/cmdline")
+    if model is None:
+        return PreemptModel(None, "unknown: no readable debugfs sched/preempt, PREEMPT token in "
+                                  "uname -v, or /boot/config")
+    return PreemptModel(model, src)
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """Snapshot of host facts relevant to idle tuning."""
+
+    arch: str
+    kernel_release: str
+    cmdline: Mapping[str, str]  # all kernel parameters
+    kvm_module_params: Mapping[str, int | None]  # None: not readable (e.g. kvm not loaded)
+    preempt: PreemptModel
+    cpu_count: int
+
+    @property
+    def kernel_version(self) -> tuple[int, int]:
+        return parse_kernel_version(self.kernel_release)
+
+    @property
+    def kvm_arm_params(self) -> dict[str, str]:
+        return {k: v for k, v in self.cmdline.items() if k.startswith("kvm-arm.")}
+
+    def wfx_trap_policy(self, insn: str) -> str | None:
+        """kvm-arm.wfi_trap_policy / wfe_trap_policy as given on the cmdline (None: unset)."""
+        return self.cmdline.get(f"kvm-arm.{insn}_trap_policy")
+
+    @property
+    def honours_wfx_trap_policy(self) -> bool:
+        """Linux >= 6.11 reads kvm-arm.wf{i,e}_trap_policy; older kernels ignore it."""
+        return self.arch == "arm64" and self.kernel_version >= WFX_POLICY_MIN_KERNEL
+
+    def effective_wfx_trap_policy(self, insn: str) -> str | None:
+        """The host policy that actually applies: "trap"/"notrap", or None (not set, not
+        honoured by this kernel, or an unknown value, which the kernel rejects at boot)."""
+        v = self.wfx_trap_policy(insn)
+        return v if self.honours_wfx_trap_policy and v in ("trap", "notrap") else None
+
+    def describe_wfx_alternative(self, insns: list[str]) -> str:
+        """One phrase naming the host-wide alternative and its current value here."""
+        parts = []
+        for i in insns:
+            v = self.wfx_trap_policy(i)
+            parts.append(f"kvm-arm.{i}_trap_policy={'notrap'} (now: {v if v is not None else 'unset'})")
+        honour = ("honoured by this kernel" if self.honours_wfx_trap_policy
+                  else f"NOT honoured by this {self.kernel_release} kernel")
+        return (f"host-wide alternative: boot parameter {' and '.join(parts)}, Linux >= 6.11, "
+                f"{honour}")
+
+
+def probe_host() -> HostInfo:
+    """Read everything from this machine (no root needed; unreadable items are reported)."""
+    u = platform.uname()
+    cmdline = parse_cmdline(_read("/proc/cmdline") or "")
+    params: dict[str, int | None] = {}
+    for p in KVM_MODULE_PARAMS:
+        t = _read(f"/sys/module/kvm/parameters/{p}")
+        try:
+            params[p] = int(t) if t is not None else None
+        except ValueError:
+            params[p] = None
+    return HostInfo(
+        arch=normalize_arch(u.machine),
+        kernel_release=u.release,
+        cmdline=cmdline,
+        kvm_module_params=params,
+        preempt=probe_preempt(u.release, u.version, cmdline),
+        cpu_count=os.cpu_count() or 1,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Mechanism probing
+
+AVAILABLE, ABSENT, AMBIGUOUS = "available", "absent", "ambiguous"
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """One idle mechanism on this host: status (available/absent/ambiguous) and why."""
+
+    name: str
+    status: str
+    reason: str
+    cap: int | None = None
+    check_extension: int | None = None  # KVM_CHECK_EXTENSION answer (a mask for DISABLE_EXITS)
+    arch: str | None = None
+
+
+def _enable_cap_struct(cap: int, *args: int) -> bytes:
+    a = list(args) + [0] * (4 - len(args))
+    return struct.pack("<II4Q64x", cap, 0, *a)
+
+
+class _RawVM:
+    """Minimal throwaway VM on raw fds (same duck-typed interface as pyvmm's VM)."""
+
+    def __init__(self, kvm_fd: int) -> None:
+        self.fd = fcntl.ioctl(kvm_fd, KVM_CREATE_VM, 0)
+
+    def check_extension(self, cap: int) -> int:
+        return fcntl.ioctl(self.fd, KVM_CHECK_EXTENSION, cap)
+
+    def enable_cap(self, cap: int, *args: int) -> None:
+        fcntl.ioctl(self.fd, KVM_ENABLE_CAP, _enable_cap_struct(cap, *args))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _try(vm: Any, cap: int, *args: int) -> OSError | None:
+    try:
+        vm.enable_cap(cap, *args)
+        return None
+    except OSError as e:
+        return e
+
+
+def probe_mechanisms(target: int | Any | None = None, *, caps: CapTable | None = None,
+                     host: HostInfo | None = None, trial: bool = True,
+                     trial_vm: Any | None = None) -> list[Mechanism]:
+    """Which idle mechanisms this host offers.
+
+    target: a /dev/kvm system fd, a VM object (its CHECK_EXTENSION answers are used), or None
+    (opens /dev/kvm). CHECK_EXTENSION is only a hint: with trial=True the decisive
+    KVM_ENABLE_CAP calls are made on a THROWAWAY VM, never on `target`. That matters: enabling
+    the WFx threshold even at its default 1 switches a VM from the stock heuristic to the
+    threshold rule (WFI then untrapped when alone), so it is not harmless on a live VM.
+    Values tried: threshold 1, DISABLE_EXITS 0 (a no-op), HALT_POLL = the module default.
+    With trial=False a "yes" from CHECK_EXTENSION on a colliding number is reported ambiguous.
+    trial_vm: use this (caller-owned, disposable) VM object for the trials instead of creating one.
+    """
+    caps = caps or cap_table()
+    host = host or probe_host()
+    own_kvm = None
+    if target is None or isinstance(target, int):
+        kvm_fd = target if isinstance(target, int) else os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        if target is None:
+            own_kvm = kvm_fd
+
+        def check(cap: int) -> int:
+            return fcntl.ioctl(kvm_fd, KVM_CHECK_EXTENSION, cap)
+    else:
+        kvm_fd = None
+        check = target.check_extension
+
+    def check_safe(cap: int) -> int:
+        try:
+            return check(cap)
+        except OSError:
+            return 0
+
+    own_vm: _RawVM | None = None
+    try:
+        if trial and trial_vm is None:
+            if kvm_fd is None:
+                own_kvm = kvm_fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+            trial_vm = own_vm = _RawVM(kvm_fd)
+        return _probe(caps, host, check_safe, trial_vm if trial else None)
+    finally:
+        if own_vm is not None:
+            own_vm.close()
+        if own_kvm is not None:
+            os.close(own_kvm)
+
+
+def _probe(caps: CapTable, host: HostInfo, check, vm: Any | None) -> list[Mechanism]:
+    out: list[Mechanism] = []
+    hp = host.kvm_module_params.get("halt_poll_ns") or 0
+    trials = {
+        "KVM_CAP_HALT_POLL": (hp,),
+        "KVM_CAP_X86_DISABLE_EXITS": (0,),
+        "KVM_CAP_ARM_WFX_TRAP_RUNQUEUE_DEPTH": (1,),
+        "KVM_CAP_ARM_DISABLE_EXITS": (0,),
+    }
+    for name, args in trials.items():
+        c = caps[name]
+        ce = check(c.number)
+        hint = f"CHECK_EXTENSION({c.number})={ce}"
+        wrong_arch = c.arch is not None and c.arch != host.arch
+        arch_note = f"; {c.arch}-only, this host is {host.arch}" if wrong_arch else ""
+        coll = (f"; {c.number} is also upstream {c.collides_with}"
+                if c.collides_with else "")
+        if vm is None:
+            if ce and c.collides_with:
+                status, why = AMBIGUOUS, f"{hint}{coll}, so only KVM_ENABLE_CAP can tell"
+            elif ce:
+                status, why = AVAILABLE, f"{hint} (not verified by KVM_ENABLE_CAP)"
+            else:
+                status, why = ABSENT, f"{hint} (not verified by KVM_ENABLE_CAP)"
+        else:
+            err = _try(vm, c.number, *args)
+            call = f"KVM_ENABLE_CAP({c.number}, {args[0]}) on a throwaway VM"
+            if err is None:
+                status, why = (ABSENT if wrong_arch else AVAILABLE), f"{hint}, {call} accepted{coll}"
+            else:
+                status = ABSENT
+                why = f"{hint}, {call} failed: {errno.errorcode.get(err.errno, err.errno)}{coll}"
+        out.append(Mechanism(c.short.lower(), status, why + arch_note, c.number, ce, c.arch))
+    if host.arch == "arm64":
+        for insn in ("wfi", "wfe"):
+            v = host.wfx_trap_policy(insn)
+            if host.honours_wfx_trap_policy:
+                out.append(Mechanism(f"kvm-arm.{insn}_trap_policy", AVAILABLE,
+                                     f"host-wide boot parameter, Linux {host.kernel_release} >= 6.11; "
+                                     f"now {v if v is not None else 'unset'}", arch="arm64"))
+            else:
+                out.append(Mechanism(f"kvm-arm.{insn}_trap_policy", ABSENT,
+                                     f"Linux {host.kernel_release} < 6.11 ignores it", arch="arm64"))
+    return out

@@ -1,0 +1,35 @@
+"""One way to call ioctl: libc's, through cffi, raising OSError like the rest of Python.
+
+cffi's ABI call of a non-variadic ioctl costs about 0.8 us here against 2.8 us for fcntl.ioctl, which matters on
+the exit path; it also releases the GIL, so vCPU threads run KVM_RUN in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pyvmm_bindings
+
+bindings = pyvmm_bindings.load()
+ffi = bindings.ffi
+_libc_ioctl = bindings.lib.ioctl
+_NULL = ffi.NULL
+
+
+def ioctl(fd: int, request: int, arg: Any = None) -> int:
+    """Call ioctl(2). `arg` is None (0), an int (passed by value) or cffi pointer (passed by reference)."""
+    if arg is None:
+        arg = _NULL
+    elif isinstance(arg, int):
+        arg = ffi.cast("void *", arg)
+    result = _libc_ioctl(fd, request, arg)
+    if result < 0:
+        err = ffi.errno
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def new(ctype: str, init: Any = None) -> Any:
+    """A zeroed cffi object, e.g. new("struct kvm_regs *")."""
+    return ffi.new(ctype, init)

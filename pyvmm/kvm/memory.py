@@ -1,0 +1,104 @@
+"""Guest RAM: host memory mapped with mmap and registered with KVM, seen through a bounds-checked view.
+
+Every access by guest-physical address goes through `GuestMemory`, which checks that [gpa, gpa + length) lies inside
+one region, so a device handling guest-controlled addresses can never touch host memory outside guest RAM.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+from dataclasses import dataclass, field
+
+from pyvmm.errors import GuestMemoryError, HostResourceError
+
+
+@dataclass
+class MemoryRegion:
+    slot: int
+    guest_phys: int
+    size: int
+    mapping: mmap.mmap
+    view: memoryview = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.view = memoryview(self.mapping)
+
+    @property
+    def end(self) -> int:
+        return self.guest_phys + self.size
+
+
+def allocate(size: int) -> mmap.mmap:
+    """Anonymous private memory for guest RAM; MAP_NORESERVE so untouched RAM costs nothing."""
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+    try:
+        return mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, OverflowError) as err:
+        raise HostResourceError(f"cannot map {size >> 20} MiB of guest memory: {err}") from None
+
+
+class GuestMemory:
+    """The guest-physical address space backed by RAM regions (sorted, non-overlapping)."""
+
+    def __init__(self) -> None:
+        self._regions: list[MemoryRegion] = []
+        self._starts: list[int] = []
+
+    @property
+    def regions(self) -> list[MemoryRegion]:
+        return list(self._regions)
+
+    def add(self, region: MemoryRegion) -> None:
+        for other in self._regions:
+            if region.guest_phys < other.end and other.guest_phys < region.end:
+                raise ValueError(f"memory region at {region.guest_phys:#x} overlaps one at {other.guest_phys:#x}")
+        index = bisect.bisect(self._starts, region.guest_phys)
+        self._regions.insert(index, region)
+        self._starts.insert(index, region.guest_phys)
+
+    @property
+    def total(self) -> int:
+        return sum(r.size for r in self._regions)
+
+    def _locate(self, gpa: int, length: int) -> tuple[MemoryRegion, int]:
+        if length < 0 or gpa < 0:
+            raise GuestMemoryError(f"invalid guest range {gpa:#x}+{length:#x}")
+        index = bisect.bisect(self._starts, gpa) - 1
+        if index >= 0:
+            region = self._regions[index]
+            offset = gpa - region.guest_phys
+            if offset + length <= region.size:
+                return region, offset
+        raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
+
+    def contains(self, gpa: int, length: int = 1) -> bool:
+        try:
+            self._locate(gpa, length)
+        except GuestMemoryError:
+            return False
+        return True
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A zero-copy view of guest RAM, for os.preadv/pwritev and parsing in place."""
+        region, offset = self._locate(gpa, length)
+        return region.view[offset : offset + length]
+
+    def read(self, gpa: int, length: int) -> bytes:
+        return bytes(self.view(gpa, length))
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        self.view(gpa, len(data))[:] = data
+
+    def read_int(self, gpa: int, size: int) -> int:
+        return int.from_bytes(self.view(gpa, size), "little")
+
+    def write_int(self, gpa: int, size: int, value: int) -> None:
+        self.view(gpa, size)[:] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+    def close(self) -> None:
+        for region in self._regions:
+            region.view.release()
+            region.mapping.close()
+        self._regions.clear()
+        self._starts.clear()

@@ -1,0 +1,140 @@
+"""A KVM virtual machine: its fd, guest memory, interrupt lines, eventfds, devices and capabilities."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from pyvmm.errors import HostResourceError, KvmUnavailableError
+from pyvmm.kvm.ioctl import bindings, ffi, ioctl, new
+from pyvmm.kvm.memory import GuestMemory, MemoryRegion, allocate
+from pyvmm.kvm.system import Kvm
+
+
+class Vm:
+    """One VM. Create vCPUs with `pyvmm.kvm.vcpu.Vcpu.create(vm, index)`."""
+
+    def __init__(self, kvm: Kvm, vm_type: int = 0) -> None:
+        self.kvm = kvm
+        self.fd = kvm.create_vm(vm_type)
+        self.memory = GuestMemory()
+        self._next_slot = 0
+        # cffi buffers handed to KVM must stay alive as long as KVM uses their addresses.
+        self._pinned: list[Any] = []
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # KVM drops its references to guest RAM with the VM
+            self.fd = -1
+        for buffer in self._pinned:
+            ffi.release(buffer)  # cffi's export of the mmap must end before the mapping can close
+        self._pinned.clear()
+        self.memory.close()
+
+    # -- capabilities -------------------------------------------------------------------------------------------
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd (the VM-specific answer); 0 when absent."""
+        try:
+            return ioctl(self.fd, bindings.KVM_CHECK_EXTENSION, cap)
+        except OSError as err:
+            if err.errno == errno.EINVAL:
+                return 0
+            raise
+
+    def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
+        """KVM_ENABLE_CAP on the VM fd; raises OSError (EINVAL when the kernel does not know `cap`)."""
+        request = new("struct kvm_enable_cap *")
+        request.cap = cap
+        request.flags = flags
+        for i, value in enumerate(args):
+            request.args[i] = value
+        ioctl(self.fd, bindings.KVM_ENABLE_CAP, request)
+
+    # -- memory -------------------------------------------------------------------------------------------------
+    def add_ram(self, guest_phys: int, size: int) -> MemoryRegion:
+        mapping = allocate(size)
+        host_buffer = ffi.from_buffer(mapping)
+        region = new("struct kvm_userspace_memory_region *")
+        region.slot = self._next_slot
+        region.flags = 0
+        region.guest_phys_addr = guest_phys
+        region.memory_size = size
+        region.userspace_addr = int(ffi.cast("uintptr_t", host_buffer))
+        try:
+            ioctl(self.fd, bindings.KVM_SET_USER_MEMORY_REGION, region)
+        except OSError as err:
+            mapping.close()
+            raise HostResourceError(
+                f"KVM refused {size >> 20} MiB of guest RAM at {guest_phys:#x}: {err.strerror}"
+            ) from None
+        self._pinned.append(host_buffer)
+        memory_region = MemoryRegion(self._next_slot, guest_phys, size, mapping)
+        self.memory.add(memory_region)
+        self._next_slot += 1
+        return memory_region
+
+    # -- interrupts and eventfds --------------------------------------------------------------------------------
+    def irq_line(self, irq: int, level: int) -> None:
+        request = new("struct kvm_irq_level *")
+        request.irq = irq
+        request.level = level
+        ioctl(self.fd, bindings.KVM_IRQ_LINE, request)
+
+    def irqfd(self, eventfd: int, gsi: int, deassign: bool = False) -> None:
+        from pyvmm_bindings import constants as c
+
+        request = new("struct kvm_irqfd *")
+        request.fd = eventfd
+        request.gsi = gsi
+        request.flags = c.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
+        ioctl(self.fd, bindings.KVM_IRQFD, request)
+
+    def ioeventfd(self, eventfd: int, addr: int, length: int, pio: bool = False, deassign: bool = False,
+                  datamatch: int | None = None) -> None:
+        from pyvmm_bindings import constants as c
+
+        request = new("struct kvm_ioeventfd *")
+        request.fd = eventfd
+        request.addr = addr
+        request.len = length
+        flags = 0
+        if pio:
+            flags |= c.KVM_IOEVENTFD_FLAG_PIO
+        if deassign:
+            flags |= c.KVM_IOEVENTFD_FLAG_DEASSIGN
+        if datamatch is not None:
+            flags |= c.KVM_IOEVENTFD_FLAG_DATAMATCH
+            request.datamatch = datamatch
+        request.flags = flags
+        ioctl(self.fd, bindings.KVM_IOEVENTFD, request)
+
+    # -- in-kernel devices --------------------------------------------------------------------------------------
+    def create_device(self, device_type: int, test_only: bool = False) -> int:
+        """KVM_CREATE_DEVICE; returns the device fd (or 0 when test_only and supported). Raises OSError."""
+        from pyvmm_bindings import constants as c
+
+        request = new("struct kvm_create_device *")
+        request.type = device_type
+        request.flags = c.KVM_CREATE_DEVICE_TEST if test_only else 0
+        ioctl(self.fd, bindings.KVM_CREATE_DEVICE, request)
+        return request.fd
+
+    def stats_fd(self) -> int:
+        """KVM_GET_STATS_FD on the VM; the caller owns the returned fd."""
+        return ioctl(self.fd, bindings.KVM_GET_STATS_FD)
+
+
+def set_device_attr(device_fd: int, group: int, attr: int, value: int | None = None, *, check: bool = False) -> None:
+    """KVM_SET_DEVICE_ATTR (or KVM_HAS_DEVICE_ATTR when check) with a u64 value passed by address."""
+    holder = new("uint64_t *", value or 0)
+    request = new("struct kvm_device_attr *")
+    request.group = group
+    request.attr = attr
+    request.addr = int(ffi.cast("uintptr_t", holder)) if value is not None else 0
+    ioctl(device_fd, bindings.KVM_HAS_DEVICE_ATTR if check else bindings.KVM_SET_DEVICE_ATTR, request)
+
+
+def require(condition: bool, what: str) -> None:
+    if not condition:
+        raise KvmUnavailableError(what)

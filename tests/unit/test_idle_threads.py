@@ -1,0 +1,109 @@
+"""pyvmm.idle.threads: /proc parsing, real per-thread CPU time, pinning, runqueue depth."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from pyvmm.idle.threads import (
+    ThreadStatError, get_affinity, parse_proc_schedstat, parse_sched_debug, parse_schedstat,
+    parse_task_stat, runqueue_depths, set_affinity, thread_times, usage,
+)
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_line(comm: str, utime: int, stime: int, cpu: int) -> str:
+    fields = ["S"] + ["0"] * 49
+    fields[14 - 3], fields[15 - 3], fields[39 - 3] = str(utime), str(stime), str(cpu)
+    return f"1234 ({comm}) " + " ".join(fields) + "\n"
+
+
+def test_parse_task_stat_with_tricky_comm():
+    state, ut, st, cpu = parse_task_stat(_stat_line("vcpu 0) (x", 2 * TICK, TICK, 3))
+    assert (state, ut, st, cpu) == ("S", 2.0, 1.0, 3)
+    with pytest.raises(ThreadStatError, match="fields"):
+        parse_task_stat("1 (x) S 1 2 3")
+
+
+def test_parse_schedstat():
+    assert parse_schedstat("123 456 7\n") == (123, 456, 7)
+    with pytest.raises(ThreadStatError):
+        parse_schedstat("1 2")
+
+
+def test_parse_sched_debug_takes_rq_nr_running():
+    text = """cpu#0, 2000.000 MHz
+  .nr_running                    : 2
+  .nr_switches                   : 100
+cfs_rq[0]:/
+  .nr_running                    : 1
+cpu#1, 2000.000 MHz
+  .nr_running                    : 0
+"""
+    assert parse_sched_debug(text) == {0: 2, 1: 0}
+
+
+def test_parse_proc_schedstat():
+    text = "version 15\ntimestamp 1\ncpu0 0 0 10 2 3 4 5000 600 7\ndomain0 3 1 2\ncpu1 0 0 1 1 1 1 1 9 1\n"
+    assert parse_proc_schedstat(text) == {0: 600, 1: 9}
+
+
+def test_runqueue_depths_says_where_or_why():
+    for s in runqueue_depths([0]):
+        if s.nr_running is None:
+            assert "unavailable" in s.source or "not in" in s.source
+        else:
+            assert s.source.startswith("/") and s.nr_running >= 1  # we are running
+
+
+def _spinner(seconds: float, tid: list[int], go: threading.Event):
+    tid.append(threading.get_native_id())
+    go.wait(5)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_thread_times_of_a_busy_thread():
+    tid, go = [], threading.Event()
+    t = threading.Thread(target=_spinner, args=(0.4, tid, go))
+    t.start()
+    while not tid:
+        time.sleep(0.001)
+    a = thread_times(tid[0])
+    go.set()
+    time.sleep(0.3)
+    b = thread_times(tid[0])
+    t.join()
+    u = usage(a, b)
+    assert u.tid == tid[0] and 0.25 < u.interval_s < 1.0
+    assert u.cpu_fraction > 0.3  # it spun (2 shared CPUs, so not necessarily ~1.0)
+    assert 0 <= b.last_cpu < os.cpu_count()
+    assert a.state in "RS"
+    with pytest.raises(ValueError, match="positive"):
+        usage(b, b)
+
+
+def test_thread_times_of_missing_thread():
+    with pytest.raises(ThreadStatError, match="thread 999999999"):
+        thread_times(999_999_999)
+
+
+def test_set_and_get_affinity():
+    tid, go = [], threading.Event()
+    t = threading.Thread(target=lambda: (tid.append(threading.get_native_id()), go.wait(5)))
+    t.start()
+    while not tid:
+        time.sleep(0.001)
+    try:
+        cpu = max(os.sched_getaffinity(0))
+        assert set_affinity(tid[0], [cpu]) == {cpu}
+        assert get_affinity(tid[0]) == {cpu}
+        assert get_affinity(threading.get_native_id()) == os.sched_getaffinity(0)  # others untouched
+    finally:
+        go.set()
+        t.join()
