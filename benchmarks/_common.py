@@ -79,3 +79,13 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 def verdict(ratio: float, target: float) -> str:
     return "MET" if ratio <= target else "NOT MET"
+
+
+def machine_note() -> str:
+    """One line about the machine's state: these are wall-clock figures, so a busy machine makes them noisy."""
+    load1, _, _ = os.getloadavg()
+    cpus = os.cpu_count() or 1
+    note = f"machine: {cpus} CPUs, load average (1 min) {load1:.2f}"
+    if load1 > 0.5:
+        note += "  WARNING: the machine is busy; expect noisy figures (rerun when it is idle)"
+    return note

@@ -96,11 +96,21 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _read_gz(path: str) -> str | None:
+    import gzip
+    try:
+        with gzip.open(path, "rt") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class PreemptModel:
     """The host's preemption model and where that was learnt."""
 
-    model: str | None  # none, voluntary, full, lazy, rt, dynamic (boot-selectable, mode unknown)
+    # none, voluntary, full, lazy, rt, dynamic (boot-selectable, mode unknown), none-or-voluntary
+    model: str | None
     source: str  # file or mechanism it came from, or why it is unknown
 
 
@@ -112,9 +122,16 @@ def probe_preempt(release: str, uname_version: str, cmdline: Mapping[str, str]) 
     model = parse_preempt_uname(uname_version)
     src = "uname -v"
     if model is None:
-        cfg = _read(f"/boot/config-{release}")
+        cfg, src = _read(f"/boot/config-{release}"), f"/boot/config-{release}"
+        if cfg is None:
+            cfg, src = _read_gz("/proc/config.gz"), "/proc/config.gz"
         if cfg is not None:
-            model, src = parse_preempt_config(cfg), f"/boot/config-{release}"
+            model = parse_preempt_config(cfg)
+        else:
+            # uname -v names PREEMPT, PREEMPT_RT and PREEMPT_DYNAMIC builds; no token means one
+            # of the two non-preemptible models, which only the config can tell apart.
+            return PreemptModel("none-or-voluntary", "uname -v has no PREEMPT token; no readable "
+                                                      "debugfs sched/preempt or kernel config")
     if model == "dynamic" and "preempt" in cmdline:
         # PREEMPT_DYNAMIC: the boot parameter picks the mode (debugfs was not readable).
         return PreemptModel(cmdline["preempt"], f"{src} PREEMPT_DYNAMIC + preempt= on /proc/cmdline")

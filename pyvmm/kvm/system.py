@@ -11,6 +11,11 @@ from pyvmm.errors import KvmPermissionError, KvmUnavailableError
 
 KVM_API_VERSION = 12
 DEFAULT_DEVICE = "/dev/kvm"
+DEVICE_ENV = "PYVMM_KVM_DEVICE"  # another KVM node (or, in tests, a path that is not one)
+
+
+def default_device() -> str:
+    return os.environ.get(DEVICE_ENV) or DEFAULT_DEVICE
 
 
 def _permission_hint(path: str) -> str:
@@ -29,7 +34,8 @@ class Kvm:
     path: str = DEFAULT_DEVICE
 
     @classmethod
-    def open(cls, path: str = DEFAULT_DEVICE) -> "Kvm":
+    def open(cls, path: str | None = None) -> "Kvm":
+        path = path or default_device()
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -24,7 +24,7 @@ class Placement:
 def place(image: ArmImage, initrd_size: int | None, memory_base: int, memory_size: int) -> Placement:
     """Kernel low (2 MiB-aligned base + text_offset), DTB in the top 2 MiB, initrd just below the DTB."""
     ram_end = memory_base + memory_size
-    kernel = memory_base + image.text_offset if image.is_linux_image else memory_base
+    kernel = memory_base + image.text_offset
     kernel_end = kernel + image.image_size
     dtb = ram_end - layout.DTB_MAX_SIZE
     if kernel_end > dtb:

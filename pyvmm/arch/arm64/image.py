@@ -34,7 +34,6 @@ class ArmImage:
     data: bytes
     text_offset: int
     image_size: int  # bytes the kernel occupies from its load address (>= len(data))
-    is_linux_image: bool  # False: a raw bare-metal blob loaded at the start of RAM
 
 
 def _gunzip(data: bytes, path: str) -> bytes:
@@ -74,13 +73,16 @@ def parse(data: bytes, path: str) -> ArmImage:
             )
         if text_offset % 4096:
             raise ImageError(f"{path}: text_offset {text_offset:#x} is not page aligned: a corrupt Image header")
-        return ArmImage(data, text_offset, image_size, True)
+        return ArmImage(data, text_offset, image_size)
     foreign = describe_foreign_image(data)
     if foreign is not None:
-        raise ImageError(f"{path} is {foreign}, not an arm64 Image (or raw arm64 payload)")
-    if len(data) >= 8 and data[:8] == b"\0" * 8:
-        raise ImageError(f"{path} does not look like an arm64 kernel: no Image header and it starts with zeros")
-    return ArmImage(data, 0, len(data), False)
+        raise ImageError(f"{path} is {foreign}, not an arm64 Image")
+    if len(data) < HEADER_SIZE:
+        raise ImageError(f"{path} is {len(data)} bytes: too short for an arm64 Image (a truncated file?)")
+    raise ImageError(
+        f"{path} is not an arm64 Image: no 'ARM\\x64' magic at offset 56 (found {data[56:60]!r}); pass a kernel "
+        f"Image (arch/arm64/boot/Image or Image.gz) or a bare-metal payload with an Image header"
+    )
 
 
 def pe_raw_end(data: bytes) -> int | None:

@@ -226,13 +226,18 @@ def l2_artifacts(cache: Path, k: StockKernel) -> L2:
 # ---------------------------------------------------------------------------------------------------- checkout
 PACKAGE_MAP = {"pyvmm": "pyvmm", "bindings": "pyvmm_bindings", "guest-kernels": "pyvmm_guests"}
 ROOT_CONFIG = ["pyproject.toml", "pytest.ini", "setup.cfg", "tox.ini", "conftest.py"]
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", ".git")
+_IGNORED = ("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", ".git")
+_IGNORE = shutil.ignore_patterns(*_IGNORED)
 
 
 def _checkout_wheel(checkout: Path, dest: Path, scripts: Path) -> None:
+    # Build from a clean copy: setuptools writes build/ and *.egg-info next to the sources, and a stale build/lib
+    # would carry deleted modules into the wheel (and litter the checkout).
+    copy = dest.parent / "checkout"
+    shutil.copytree(checkout, copy, ignore=shutil.ignore_patterns(*_IGNORED, "build", "dist"), symlinks=True)
     wdir = dest.parent / "wheel"
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps", "-w", str(wdir),
-           str(checkout)]
+           str(copy)]
     try:
         run(cmd + ["--no-build-isolation"], capture=True, timeout=300)
     except LaneError:
@@ -274,6 +279,8 @@ def checkout_segment(checkout: Path, workdir: Path, run_env: str) -> tuple[Path,
         if (checkout / f).is_file():
             shutil.copy2(checkout / f, src / f)
     precompile(root, "lane/src")
+    shutil.rmtree(workdir / "checkout", ignore_errors=True)
+    shutil.rmtree(workdir / "wheel", ignore_errors=True)
     (root / "lane/run.env").write_text(run_env)
     out = workdir / "run.cpio.gz"
     write_archive(out, lambda a: a.tree(root, "/"), level=1)

@@ -22,7 +22,7 @@ lane_end() {
     sleep 5
 }
 
-echo "PYVMM-LANE-L1-INIT $(uname -r) $(uname -m)"
+echo "PYVMM-LANE-L1-INIT $(uname -r) $(uname -m) uptime $(cut -d' ' -f1 /proc/uptime)"
 . /lane/run.env
 
 # Host modules (shipped only with the stock kernel, where tun/vhost/vsock are modules).
@@ -37,7 +37,7 @@ if [ ! -c /dev/kvm ]; then
     dmesg | grep -i kvm
     lane_end 90
 fi
-dmesg | grep -i -m 3 'kvm \[' 
+dmesg | grep -i 'kvm \[' | grep -i -E 'hyp|vhe|initiali|wfx'
 
 export PYVMM_IN_LANE=1
 export PYVMM_LANE_HOST_KERNEL="$LANE_HOST_KIND $(uname -r)"

@@ -175,7 +175,6 @@ def main(argv: list[str]) -> int:
         "PYVMM_TEST_L2_INITRD": "/lane/l2/initrd.gz",
         "PYVMM_TEST_L2_MODULES": " ".join(l2.modules),
         "PYVMM_LANE_APPEND": " ".join(o.append),
-        "PYTEST_TIMEOUT": os.environ.get("PYTEST_TIMEOUT", str(max(60, min(900, o.timeout - 120)))),
     }
     run_env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env_lines.items())
     work = cache / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
