@@ -129,3 +129,33 @@ def test_old_arm_kernel_has_no_trap_policy_param():
     old = HostInfo("arm64", "6.1.0", {}, {}, PreemptModel(None, ""), 1)
     m = {x.name: x for x in probe_mechanisms(FakeVM({}, set()), caps=CAPS, host=old, trial=False)}
     assert m["kvm-arm.wfe_trap_policy"].status == ABSENT and "< 6.11" in m["kvm-arm.wfe_trap_policy"].reason
+
+
+def test_preempt_probe_order(monkeypatch):
+    from pyvmm.idle import host as h
+    files: dict[str, str] = {}
+    monkeypatch.setattr(h, "_read", files.get)
+    monkeypatch.setattr(h, "_read_gz", files.get)
+    assert h.probe_preempt("6.12", "#1 SMP Debian", {}).model == "none-or-voluntary"
+    files["/proc/config.gz"] = "CONFIG_PREEMPT_NONE=y\n"
+    assert h.probe_preempt("6.12", "#1 SMP Debian", {}) == PreemptModel("none", "/proc/config.gz")
+    files["/boot/config-6.12"] = "CONFIG_PREEMPT_VOLUNTARY=y\n"
+    assert h.probe_preempt("6.12", "#1 SMP Debian", {}).source == "/boot/config-6.12"
+    assert h.probe_preempt("6.12", "#1 SMP PREEMPT_DYNAMIC", {"preempt": "full"}).model == "full"
+    files["/sys/kernel/debug/sched/preempt"] = "none (voluntary) full\n"
+    assert h.probe_preempt("6.12", "#1 SMP PREEMPT_DYNAMIC", {"preempt": "full"}) == PreemptModel(
+        "voluntary", "/sys/kernel/debug/sched/preempt")
+
+
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")
+def test_probe_mechanisms_real_any_arch():
+    """On any host: halt polling exists; status always agrees with the KVM_ENABLE_CAP trial."""
+    host = probe_host()
+    for m in probe_mechanisms(caps=CAPS, host=host):
+        if m.cap is None:
+            continue
+        accepted = "accepted" in m.reason
+        wrong_arch = m.arch is not None and m.arch != host.arch
+        assert m.status == (AVAILABLE if accepted and not wrong_arch else ABSENT), m
+        if m.name == "halt_poll":
+            assert m.status == AVAILABLE

@@ -81,23 +81,37 @@ def test_x86_vm_stats():
     assert s.layout.by_name["pages_4k"].type is StatType.INSTANT
 
 
-@pytest.mark.parametrize("which", ["vm", "vcpu"])
-def test_arm64_recorded_if_present(which):
-    path = DATA / f"stats-arm64-{which}.bin"
-    if not path.exists():
-        pytest.skip("arm64 stats not recorded yet (run data/record_stats.py in the arm64 host)")
-    s = parse_blob(path.read_bytes())
-    if which == "vcpu":
-        for n in ("wfi_exit_stat", "wfe_exit_stat", "hvc_exit_stat", "halt_wait_ns", "exits"):
-            assert n in s
-        assert s.layout.by_name["halt_wait_ns"].unit is StatUnit.SECONDS
-    else:
-        assert "remote_tlb_flush" in s
+ARM64_VCPU_NAMES = [
+    "halt_successful_poll", "halt_attempted_poll", "halt_poll_invalid", "halt_wakeup",
+    "halt_poll_success_ns", "halt_poll_fail_ns", "halt_wait_ns", "halt_poll_success_hist",
+    "halt_poll_fail_hist", "halt_wait_hist", "blocking", "hvc_exit_stat", "wfe_exit_stat",
+    "wfi_exit_stat", "mmio_exit_user", "mmio_exit_kernel", "signal_exits", "exits",
+]
+
+
+def test_arm64_vcpu_recorded():
+    """Recorded in the emulated arm64 host on 6.12.117-wfx (vCPU initialised, never run)."""
+    s = parse_blob((DATA / "stats-arm64-vcpu.bin").read_bytes())
+    assert re.fullmatch(r"kvm-\d+/vcpu-0", s.id)
+    assert s.layout.names() == ARM64_VCPU_NAMES
+    assert all(v == 0 for vals in s.raw.values() for v in vals)
+    assert s.layout.by_name["wfi_exit_stat"].type is StatType.CUMULATIVE
+    assert s.layout.by_name["halt_wait_ns"].unit is StatUnit.SECONDS
+    assert s.layout.by_name["halt_wait_ns"].exponent == -9
+    assert s.histogram("halt_wait_hist").counts == (0,) * 32
+    assert s.value("blocking") is False
+
+
+def test_arm64_vm_recorded():
+    s = parse_blob((DATA / "stats-arm64-vm.bin").read_bytes())
+    assert re.fullmatch(r"kvm-\d+", s.id)
+    assert s.layout.names() == ["remote_tlb_flush", "remote_tlb_flush_requests"]
 
 
 # --- malformed input: always StatsFormatError -------------------------------------------------
 
-@pytest.mark.parametrize("blob", [X86_VCPU, X86_VM], ids=["vcpu", "vm"])
+@pytest.mark.parametrize("blob", [X86_VCPU, X86_VM, (DATA / "stats-arm64-vcpu.bin").read_bytes()],
+                         ids=["vcpu", "vm", "arm64-vcpu"])
 def test_every_truncation_raises_format_error(blob):
     for n in range(len(blob)):
         with pytest.raises(StatsFormatError):

@@ -42,6 +42,8 @@ def _gunzip(data: bytes, path: str) -> bytes:
         out = decompressor.decompress(data, MAX_DECOMPRESSED)
         if decompressor.unconsumed_tail:
             raise ImageError(f"{path} decompresses to more than {MAX_DECOMPRESSED >> 20} MiB")
+        if not decompressor.eof:
+            raise ImageError(f"{path} is gzip-compressed but corrupt or truncated (the stream does not end)")
         return out
     except (zlib.error, EOFError, gzip.BadGzipFile) as err:
         raise ImageError(f"{path} is gzip-compressed but corrupt ({err})") from None
