@@ -14,7 +14,7 @@ from pathlib import Path
 import debs
 import kmods
 from cpio import CpioWriter, write_archive
-from util import Building, LaneError, digest, log, run
+from util import Building, LaneError, digest, log, prune_siblings, run, used
 
 HERE = Path(__file__).resolve().parent
 BUILDER_VERSION = 3  # bump when the layout produced here changes
@@ -69,7 +69,7 @@ def rootfs(cache: Path) -> Path:
     key = digest(BUILDER_VERSION, [d.filename for d in pkgs], PRUNE, init, sys.version_info[:2])
     final = cache / f"rootfs-{key}"
     if (final / "rootfs.cpio.gz").exists():
-        return final / "rootfs.cpio.gz"
+        return used(final) / "rootfs.cpio.gz"
     files = debs.download(pkgs, cache)
     log("building the L1 root filesystem (Debian arm64 packages)")
     with Building(final) as tmp:
@@ -113,16 +113,18 @@ def site(cache: Path, checkout: Path, refresh: bool) -> Path:
     wdir = cache / f"wheels-{digest(reqs, PIP_PLATFORM)}"
     if refresh or not (wdir / "done").exists():
         log(f"downloading aarch64 cp311 wheels: {' '.join(reqs)}")
-        with Building(wdir.with_name(wdir.name + "-new")) as tmp:
+        with Building(wdir.with_name(wdir.name + "-new"), prune=False) as tmp:
             run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--dest", str(tmp),
                  *PIP_PLATFORM, *reqs], timeout=600)
             (tmp / "done").write_text("\n".join(reqs) + "\n")
         shutil.rmtree(wdir, ignore_errors=True)
         wdir.with_name(wdir.name + "-new").rename(wdir)
+        prune_siblings(wdir)
+    used(wdir)
     wheels = sorted(wdir.glob("*.whl"))
     final = cache / f"site-{digest(BUILDER_VERSION, [w.name for w in wheels])}"
     if (final / "site.cpio.gz").exists():
-        return final / "site.cpio.gz"
+        return used(final) / "site.cpio.gz"
     log(f"installing {len(wheels)} wheels into the L1 site directory")
     with Building(final) as tmp:
         target = tmp / "root/lane/site"
@@ -168,7 +170,7 @@ def stock_kernel(cache: Path) -> StockKernel:
             shutil.rmtree(tmp / "x")
     if (final / "Image").read_bytes()[56:60] != b"ARM\x64":
         raise LaneError(f"{final / 'Image'} is not an uncompressed arm64 Image")
-    return StockKernel(release, f"{deb.package} {deb.version}", final)
+    return StockKernel(release, f"{deb.package} {deb.version}", used(final))
 
 
 def modules_archive(a: CpioWriter, mods: list[kmods.Module], prefix: str = "lib/modules") -> None:
@@ -183,7 +185,8 @@ def l1_modules(cache: Path, k: StockKernel) -> Path:
     if not out.exists():
         mods = kmods.closure(k.dir / "modules", L1_MODULES)
         write_archive(out, lambda a: modules_archive(a, mods))
-    return out
+        prune_siblings(out)
+    return used(out)
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ def l2_artifacts(cache: Path, k: StockKernel) -> L2:
                 a.file("lane/l2/kernel-release", (k.release + "\n").encode())
             write_archive(tmp / "l2.cpio", build_segment, compress=False)
             shutil.rmtree(tmp / "bb")
-    return L2(final / "l2.cpio", (final / "modules.txt").read_text().split())
+    return L2(used(final) / "l2.cpio", (final / "modules.txt").read_text().split())
 
 
 # ---------------------------------------------------------------------------------------------------- checkout

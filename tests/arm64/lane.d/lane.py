@@ -29,6 +29,7 @@ USAGE = """usage: tests/arm64/lane [--host-kernel stock|PATH] [--cache DIR] [--t
 CHECKOUT = Path(__file__).resolve().parents[3]   # tests/arm64/lane.d/lane.py -> the checkout root
 QEMU = ["qemu-system-aarch64", "-M", "virt,virtualization=on,gic-version=3", "-cpu", "max,pauth-impdef=on",
         "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"]
+KEEP_LOGS = 30
 BASE_APPEND = ["console=ttyAMA0", "panic=-1", "rdinit=/init", "quiet"]
 
 
@@ -179,6 +180,9 @@ def main(argv: list[str]) -> int:
     run_env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env_lines.items())
     work = cache / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     work.mkdir(parents=True)
+    for old in (cache / "runs").iterdir():  # left behind by killed runs
+        if time.time() - old.stat().st_mtime > 24 * 3600:
+            shutil.rmtree(old, ignore_errors=True)
     try:
         seg, how = build.checkout_segment(CHECKOUT, work, run_env)
         parts.append(seg)
@@ -195,6 +199,8 @@ def main(argv: list[str]) -> int:
         log(f"booting the emulated arm64 host (timeout {o.timeout} s); console log: {logfile}")
         t1 = time.monotonic()
         rc, out = stream(cmd, logfile)
+        for stale in sorted((cache / "logs").glob("lane-*.log"))[:-KEEP_LOGS]:
+            stale.unlink(missing_ok=True)
         latest = cache / "logs" / "latest.log"
         latest.unlink(missing_ok=True)
         latest.symlink_to(logfile.name)

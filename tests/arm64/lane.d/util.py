@@ -55,8 +55,9 @@ def file_digest(*paths: Path) -> str:
 class Building:
     """Context manager for a cache entry: build into a temporary sibling, rename into place on success."""
 
-    def __init__(self, final: Path):
+    def __init__(self, final: Path, prune: bool = True):
         self.final = final
+        self.prune = prune
         self.tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
 
     def __enter__(self) -> Path:
@@ -70,5 +71,30 @@ class Building:
                 shutil.rmtree(self.tmp, ignore_errors=True)
             else:
                 self.tmp.rename(self.final)
+            if self.prune:
+                prune_siblings(self.final)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+UNUSED_FOR = 3 * 24 * 3600  # seconds: superseded cache entries older than this are removed
+
+
+def used(entry: Path) -> Path:
+    """Mark a cache entry as used now (its mtime is its last use); returns it."""
+    os.utime(entry)
+    return entry
+
+
+def prune_siblings(entry: Path) -> None:
+    """Remove entries of the same kind (same name up to the digest) not used for UNUSED_FOR seconds; a
+    concurrent run on another key keeps its entry fresh through used()."""
+    kind = entry.name.rsplit("-", 1)[0] + "-"
+    now = time.time()
+    for other in entry.parent.glob(kind + "*"):
+        if other != entry and not other.name.startswith(".") and now - other.stat().st_mtime > UNUSED_FOR:
+            log(f"pruning unused cache entry {other.name}")
+            if other.is_dir():
+                shutil.rmtree(other, ignore_errors=True)
+            else:
+                other.unlink(missing_ok=True)
