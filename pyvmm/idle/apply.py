@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from .caps import ARM_DISABLE_EXITS_BITS, X86_DISABLE_EXITS_BITS, CapTable, cap_table

@@ -15,7 +15,7 @@ import platform
 import re
 import shlex
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .caps import KVM_CHECK_EXTENSION, KVM_ENABLE_CAP, CapTable, cap_table

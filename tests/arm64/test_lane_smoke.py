@@ -45,3 +45,8 @@ def test_l2_modules_include_virtio_mmio(l2_modules: list[str]) -> None:
 
 def test_host_kernel_announced(lane_host_kernel) -> None:
     assert lane_host_kernel.release == os.uname().release
+
+
+def test_append_reaches_host_cmdline(lane_host_cmdline: list[str]) -> None:
+    appended = os.environ.get("PYVMM_LANE_APPEND", "").split()
+    assert all(word in lane_host_cmdline for word in appended), (appended, lane_host_cmdline)

@@ -53,35 +53,42 @@ def test_parse_proc_schedstat():
 
 
 def test_runqueue_depths_says_where_or_why():
-    for s in runqueue_depths([0]):
+    samples = runqueue_depths(range(os.cpu_count()))
+    known = [s for s in samples if s.nr_running is not None]
+    for s in samples:
         if s.nr_running is None:
             assert "unavailable" in s.source or "not in" in s.source
         else:
-            assert s.source.startswith("/") and s.nr_running >= 1  # we are running
+            assert s.source.startswith("/")
+    if len(known) == len(samples):
+        assert sum(s.nr_running for s in known) >= 1  # this test is running on some CPU
 
 
-def _spinner(seconds: float, tid: list[int], go: threading.Event):
+def _spinner(tid: list[int], go: threading.Event, stop: threading.Event):
     tid.append(threading.get_native_id())
     go.wait(5)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while not stop.is_set():
         pass
 
 
 def test_thread_times_of_a_busy_thread():
-    tid, go = [], threading.Event()
-    t = threading.Thread(target=_spinner, args=(0.4, tid, go))
+    tid, go, stop = [], threading.Event(), threading.Event()
+    t = threading.Thread(target=_spinner, args=(tid, go, stop))
     t.start()
-    while not tid:
-        time.sleep(0.001)
-    a = thread_times(tid[0])
-    go.set()
-    time.sleep(0.3)
-    b = thread_times(tid[0])
-    t.join()
+    try:
+        while not tid:
+            time.sleep(0.001)
+        a = thread_times(tid[0])
+        go.set()
+        time.sleep(0.3)
+        b = thread_times(tid[0])  # still spinning: it stops only when told
+    finally:
+        go.set()
+        stop.set()
+        t.join()
     u = usage(a, b)
-    assert u.tid == tid[0] and 0.25 < u.interval_s < 1.0
-    assert u.cpu_fraction > 0.3  # it spun (2 shared CPUs, so not necessarily ~1.0)
+    assert u.tid == tid[0] and u.interval_s >= 0.25
+    assert u.cpu_fraction > 0.2  # it spun (CPUs are shared with this thread, so not ~1.0)
     assert 0 <= b.last_cpu < os.cpu_count()
     assert a.state in "RS"
     with pytest.raises(ValueError, match="positive"):

@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from construct import Array, Bytes, Int16sl, Int16ul, Int32ul, Int64ul, PaddedString, Struct
+from construct import Array, Int16sl, Int16ul, Int32ul, Int64ul, PaddedString, Struct
 from hypothesis import given, settings, strategies as st
 
 from pyvmm.kvm.stats import (

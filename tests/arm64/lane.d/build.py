@@ -3,6 +3,7 @@ digest of its inputs (package file names carry versions), so a changed input bui
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,8 +109,15 @@ def project_requirements(checkout: Path) -> list[str]:
     return reqs
 
 
+def _req_name(req: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.match(r"\s*([A-Za-z0-9._-]+)", req).group(1)).lower()
+
+
 def site(cache: Path, checkout: Path, refresh: bool) -> Path:
-    reqs = sorted(set(BASE_WHEELS + project_requirements(checkout)))
+    project = project_requirements(checkout)
+    declared = {_req_name(r) for r in project}
+    # The lane's own needs, unless the project pins them itself.
+    reqs = sorted(set(project) | {w for w in BASE_WHEELS if _req_name(w) not in declared})
     wdir = cache / f"wheels-{digest(reqs, PIP_PLATFORM)}"
     if refresh or not (wdir / "done").exists():
         log(f"downloading aarch64 cp311 wheels: {' '.join(reqs)}")

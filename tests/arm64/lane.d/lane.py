@@ -30,6 +30,7 @@ CHECKOUT = Path(__file__).resolve().parents[3]   # tests/arm64/lane.d/lane.py ->
 QEMU = ["qemu-system-aarch64", "-M", "virt,virtualization=on,gic-version=3", "-cpu", "max,pauth-impdef=on",
         "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"]
 KEEP_LOGS = 30
+NO_KVM = 90  # PYVMM-LANE-RESULT value of init-l1.sh when /dev/kvm is missing
 BASE_APPEND = ["console=ttyAMA0", "panic=-1", "rdinit=/init", "quiet"]
 
 
@@ -213,16 +214,18 @@ def main(argv: list[str]) -> int:
     print(f"host kernel: {kind} ({kernel}); prepare {prep:.1f} s, emulated run {took:.1f} s, total "
           f"{time.monotonic() - t0:.1f} s; log {logfile}", flush=True)
     if out.result is not None:
+        if out.result == NO_KVM:
+            raise LaneError(f"/dev/kvm is missing in the emulated host; see {logfile}", NO_KVM)
         print(f"PYVMM-LANE: pytest exit status {out.result}", flush=True)
         return out.result
     if rc == 124 or rc == 137:
         raise LaneError(f"the emulated host timed out after {o.timeout} s "
-                        f"({'pytest was running' if out.booted else 'before its /init ran'}); see {logfile}")
+                        f"({'pytest was running' if out.booted else 'before its /init ran'}); see {logfile}", 124)
     if not out.booted:
         raise LaneError(f"the emulated host did not reach its /init (qemu status {rc}"
-                        f"{'; ' + out.panic if out.panic else ''}); see {logfile}")
+                        f"{'; ' + out.panic if out.panic else ''}); see {logfile}", 21)
     raise LaneError(f"the emulated host stopped without a PYVMM-LANE-RESULT line (qemu status {rc}"
-                    f"{'; ' + out.panic if out.panic else ''}); see {logfile}")
+                    f"{'; ' + out.panic if out.panic else ''}); see {logfile}", 22)
 
 
 if __name__ == "__main__":
@@ -230,7 +233,7 @@ if __name__ == "__main__":
         sys.exit(main(sys.argv[1:]))
     except LaneError as e:
         print(f"arm64 lane: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.status)
     except KeyboardInterrupt:
         print("arm64 lane: interrupted", file=sys.stderr)
         sys.exit(130)

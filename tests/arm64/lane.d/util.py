@@ -13,7 +13,11 @@ _T0 = time.monotonic()
 
 
 class LaneError(Exception):
-    """A failure the lane reports as one line and a non-zero exit status."""
+    """A failure the lane reports as one line and a non-zero exit status outside pytest's 0-5."""
+
+    def __init__(self, message: str, status: int = 20):
+        super().__init__(message)
+        self.status = status
 
 
 def log(msg: str) -> None:

@@ -1,0 +1,39 @@
+"""`pyvmm probe` on this host's real /dev/kvm."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_pyvmm
+
+
+def test_probe_json_reports_the_host():
+    result = run_pyvmm("probe", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["architecture"] == "x86_64"
+    assert report["api_version"] == 12
+    assert report["max_vcpus"] >= 1
+    caps = report["capabilities"]
+    assert caps["KVM_CAP_USER_MEMORY"]["present"]
+    assert caps["KVM_CAP_X86_DISABLE_EXITS"]["number"] == 143
+    mechanisms = {m["name"]: m for m in report["idle"]["mechanisms"]}
+    # The WFx capabilities are arm64-only: on x86_64 they must never be reported as available.
+    assert mechanisms["arm_wfx_trap_runqueue_depth"]["status"] != "available"
+    assert mechanisms["halt_poll"]["status"] in ("available", "absent")
+    assert "halt_poll_ns" in report["idle"]["host"]["kvm module parameters"]
+
+
+def test_probe_table_is_readable():
+    result = run_pyvmm("probe")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert "API version 12" in text
+    assert "idle / exit controls" in text
+    assert "KVM_CAP_X86_DISABLE_EXITS" in text
+
+
+def test_probe_without_kvm_is_one_line(tmp_path):
+    result = run_pyvmm("probe", env={"PYVMM_KVM_DEVICE": str(tmp_path / "none")})
+    assert result.returncode == 69
+    assert result.stderr.decode().count("\n") == 1
