@@ -10,6 +10,10 @@ import click
 
 from pyvmm.config import ConsoleConfig, VmConfig, parse_size
 
+# Feature areas add their own `pyvmm run` options and hooks, each in its own module (see pyvmm/cli/areas.py), so
+# that idle tuning, devices and testing features grow without editing this file.
+from pyvmm.cli.areas import AREAS, area_options
+
 
 class SizeParam(click.ParamType):
     name = "SIZE"
@@ -49,8 +53,9 @@ class SizeParam(click.ParamType):
               help="Also append everything the guest prints on its console to this file.")
 @click.option("--no-stdin", is_flag=True, help="Do not forward stdin to the guest console.")
 @click.option("--debug", is_flag=True, help="Log what pyvmm does and show tracebacks for errors.")
+@area_options
 def run(kernel, initrd, cmdline, memory, cpus, guest_args, irqchip, on_reboot, dump_dtb, console_log, no_stdin,
-        debug) -> int:
+        debug, **area_values) -> int:
     """Boot a VM and run it until the guest powers off, exits or is stopped.
 
     Exit status: the guest's own status (test device EXIT, or 0 on power-off); 80 when the guest reboots with
@@ -75,17 +80,23 @@ def run(kernel, initrd, cmdline, memory, cpus, guest_args, irqchip, on_reboot, d
             from pyvmm.errors import MissingFileError
 
             raise MissingFileError(f"cannot open console log {console_log}: {err.strerror}") from None
+    areas = [area.from_options(config, area_values) for area in AREAS]
     try:
         vmm = Vmm(config, output=ConsoleOutput(log=log_file))
         try:
+            for area in areas:
+                area.attach(vmm)
             outcome = vmm.run()
         finally:
             vmm.close()
     finally:
         if log_file is not None:
             log_file.close()
+    status = outcome.status
+    for area in areas:
+        status = area.finish(vmm, outcome, status)
     if outcome.error:
         click.echo(f"pyvmm: error: {outcome.reason}", err=True)
     elif debug or outcome.status != 0:
         click.echo(f"pyvmm: {outcome.reason}", err=True)
-    return outcome.status
+    return status
