@@ -63,6 +63,9 @@ class VmConfig:
     on_reboot: str = "exit"  # exit | restart
     dtb_dump: Path | None = None
     debug: bool = False
+    # virtio devices, in the order given: pyvmm.devices.virtio.config.{DiskConfig, NetConfig, RngConfig,
+    # ConsoleDeviceConfig} (parsed from --disk, --net, --rng, --console virtio by pyvmm.cli.run_devices)
+    devices: list = field(default_factory=list)
 
     def validate(self) -> None:
         """Reject what can never work, with messages that say what to do instead."""
@@ -84,3 +87,7 @@ class VmConfig:
         for value in self.guest_args:
             if not 0 <= value < 1 << 32:
                 raise UsageError(f"--guest-arg {value} does not fit in 32 bits")
+        if self.devices:
+            from pyvmm.devices.virtio.config import validate_devices
+
+            validate_devices(self.devices)

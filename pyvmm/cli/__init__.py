@@ -15,6 +15,9 @@ class LazyGroup(click.Group):
     commands_by_module = {
         "run": ("pyvmm.cli.run", "run"),
         "probe": ("pyvmm.cli.probe", "probe"),
+        "ctl": ("pyvmm.cli.ctl", "ctl"),
+        "bench": ("pyvmm.cli.bench", "bench"),
+        "initramfs": ("pyvmm.cli.initramfs", "initramfs"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -23,7 +23,7 @@ def b64(command: str) -> str:
 
 def boot_linux(l2_kernel, l2_initrd, *args: str, cmdline: str = "", timeout: float = LINUX_TIMEOUT):
     return run_pyvmm("run", "--no-stdin", "-k", str(l2_kernel), "-i", str(l2_initrd), "-m", "512M",
-                     "-p", f"panic=-1 {cmdline}".strip(), *args, timeout=timeout)
+                     "-p", f"quiet panic=-1 {cmdline}".strip(), *args, timeout=timeout)
 
 
 def test_bundled_hello_prints_and_exits_zero():
@@ -72,7 +72,7 @@ def test_guest_kernel_panic_ends_nonzero(l2_kernel, l2_initrd):
 def test_console_input_reaches_the_guest(l2_kernel, l2_initrd):
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyvmm", "run", "-k", str(l2_kernel), "-i", str(l2_initrd), "-m", "512M",
-         "-p", "panic=-1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         "-p", "quiet panic=-1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = b""
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ)

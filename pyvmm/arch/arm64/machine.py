@@ -53,6 +53,14 @@ def build(ctx: MachineContext) -> Machine:
         testdev = TestDevice(ctx.on_guest_exit, config.guest_args)
         mmio_bus.register(layout.TESTDEV, layout.TESTDEV_SIZE, testdev)
 
+        # -- virtio devices (pyvmm/devices/virtio/setup.py): slots on the MMIO bus, ioeventfd/irqfd, DT nodes --------
+        virtio_nodes: list[devicetree.MmioDeviceNode] = []
+        if config.devices:
+            from pyvmm.devices.virtio import setup as virtio_setup
+
+            virtio_nodes = virtio_setup.attach_arm64(vm, mmio_bus, config.devices, ctx.console_output).device_nodes()
+        # -- end of virtio devices ---------------------------------------------------------------------------------
+
         vm.memory.write(placement.kernel, kernel.data)
         initrd_range = None
         if initrd_data is not None:
@@ -60,7 +68,8 @@ def build(ctx: MachineContext) -> Machine:
             initrd_range = (placement.initrd, placement.initrd + len(initrd_data))
         dtb = devicetree.build(
             mpidrs=[vcpu_setup.mpidr(v) for v in vcpus], memory_base=layout.RAM, memory_size=config.memory,
-            gic=interrupt_controller, bootargs=default_bootargs(config.cmdline), initrd=initrd_range, devices=[],
+            gic=interrupt_controller, bootargs=default_bootargs(config.cmdline), initrd=initrd_range,
+            devices=virtio_nodes,
         )
         if len(dtb) > layout.DTB_MAX_SIZE:
             raise MissingFileError(f"the generated device tree is {len(dtb)} bytes, over the 2 MiB the protocol allows")
@@ -72,6 +81,10 @@ def build(ctx: MachineContext) -> Machine:
                 raise MissingFileError(f"cannot write --dump-dtb {config.dtb_dump}: {err.strerror}") from None
         vcpu_setup.set_boot_registers(vcpus[0], placement.kernel, placement.dtb)
     except BaseException:
+        if config.devices:  # virtio: stop device workers before the VM's memory goes away
+            from pyvmm.devices.virtio.setup import stop_for
+
+            stop_for(vm)
         for vcpu in vcpus:
             vcpu.close()
         vm.close()

@@ -18,7 +18,7 @@ from cpio import CpioWriter, write_archive
 from util import Building, LaneError, digest, log, prune_siblings, run, used
 
 HERE = Path(__file__).resolve().parent
-BUILDER_VERSION = 3  # bump when the layout produced here changes
+BUILDER_VERSION = 4  # bump when the layout produced here changes
 
 # Debian packages making up the L1 userspace (all :arm64).
 ROOTFS_PACKAGES = [
@@ -61,6 +61,10 @@ def base_archive(a: CpioWriter) -> None:
         a.mkdirs(d)
     a.chardev("dev/console", 5, 1)
     a.chardev("dev/null", 1, 3, 0o666)
+    # getpass.getuser() (pytest's tmp_path) and friends look root up here.
+    a.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    a.file("etc/group", b"root:x:0:\n")
+    a.file("etc/hosts", b"127.0.0.1 localhost pyvmm-lane\n")
 
 
 # ---------------------------------------------------------------------------------------------------- rootfs

@@ -6,6 +6,7 @@ so a package update in the archive produces a new build instead of reusing a sta
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,15 @@ class Deb:
     version: str
     filename: str     # basename of the pool file, e.g. libc6_2.36-9+deb12u10_arm64.deb
     depends: str = ""
+
+
+class StaleLists(LaneError):
+    """apt-get download failed: usually the local lists are older than the mirror (fixed by apt-get update)."""
+
+
+def update_lists() -> None:
+    log("refreshing the apt lists (apt-get update)")
+    run(["apt-get", "update", "-q"], timeout=600)
 
 
 def _arm64_lists_present() -> bool:
@@ -79,8 +89,12 @@ def download(debs: list[Deb], cache: Path) -> list[Path]:
         tmp = dest / f".dl-{os.getpid()}"
         tmp.mkdir(exist_ok=True)
         os.chmod(tmp, 0o777)  # apt drops to the _apt user for downloads when it can
-        run(["apt-get", "download", "-q", *[f"{d.package}:arm64={d.version}" for d in missing]],
-            cwd=tmp, timeout=900)
+        try:
+            run(["apt-get", "download", "-q", *[f"{d.package}:arm64={d.version}" for d in missing]],
+                cwd=tmp, timeout=900)
+        except LaneError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StaleLists(f"{e} (the apt lists may name versions the mirror no longer has)") from None
         for d in missing:
             got = tmp / d.filename
             if not got.exists():

@@ -44,7 +44,7 @@ export PYVMM_LANE_HOST_KERNEL="$LANE_HOST_KIND $(uname -r)"
 export HOME=/tmp PYTHONPATH=/lane/src:/lane/site PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 export HYPOTHESIS_STORAGE_DIRECTORY=/tmp/.hypothesis
 cd /lane/src
-echo "lane: python3 -m pytest $LANE_PYTEST_ARGS_TEXT"
+echo "lane: python3 -m pytest $LANE_PYTEST_ARGS"
 eval "set -- $LANE_PYTEST_ARGS"
 python3 -m pytest "$@"
 lane_end $?

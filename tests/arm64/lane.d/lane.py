@@ -141,6 +141,17 @@ def stream(cmd: list[str], logfile: Path) -> tuple[int, Outcome]:
     return rc, out
 
 
+def prepare(cache: Path, stock_host: bool, refresh: bool) -> tuple[build.StockKernel, list[Path], build.L2]:
+    """The cached initramfs segments (all but the checkout's) and the L2 artifacts."""
+    stock = build.stock_kernel(cache)
+    parts = [build.rootfs(cache), build.site(cache, CHECKOUT, refresh)]
+    if stock_host:
+        parts.append(build.l1_modules(cache, stock))
+    l2 = build.l2_artifacts(cache, stock)
+    parts.append(l2.segment)
+    return stock, parts, l2
+
+
 def main(argv: list[str]) -> int:
     o = parse_args(argv)
     if not (CHECKOUT / "tests" / "arm64").is_dir():
@@ -157,12 +168,12 @@ def main(argv: list[str]) -> int:
 
     debs.use_cache(cache)
     debs.ensure_arm64_apt()
-    stock = build.stock_kernel(cache)
-    parts = [build.rootfs(cache), build.site(cache, CHECKOUT, o.refresh)]
-    if custom is None:
-        parts.append(build.l1_modules(cache, stock))
-    l2 = build.l2_artifacts(cache, stock)
-    parts.append(l2.segment)
+    try:
+        stock, parts, l2 = prepare(cache, custom is None, o.refresh)
+    except debs.StaleLists as e:
+        log(str(e))
+        debs.update_lists()
+        stock, parts, l2 = prepare(cache, custom is None, o.refresh)
 
     kind = "custom" if custom else "stock"
     args = ["-v", "-rA", "--color=no", "-p", "no:cacheprovider"]
@@ -172,7 +183,6 @@ def main(argv: list[str]) -> int:
     env_lines = {
         "LANE_HOST_KIND": kind,
         "LANE_PYTEST_ARGS": shlex.join(args),
-        "LANE_PYTEST_ARGS_TEXT": shlex.join(args),
         "PYVMM_TEST_L2_KERNEL": "/lane/l2/Image",
         "PYVMM_TEST_L2_INITRD": "/lane/l2/initrd.gz",
         "PYVMM_TEST_L2_MODULES": " ".join(l2.modules),

@@ -1,0 +1,66 @@
+"""Talking to a VM's control socket (used by `pyvmm ctl` and the tests)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from pyvmm.errors import PyvmmError
+
+
+class ApiError(PyvmmError):
+    """The control socket cannot be reached or answered nonsense."""
+
+    exit_status = 69
+
+
+class RefusedError(PyvmmError):
+    """The VM refused the request (reply ok=false); the VM is unchanged."""
+
+    exit_status = 65
+
+
+class Client:
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError as err:
+            self.sock.close()
+            raise ApiError(f"cannot connect to the control socket {path}: {err.strerror or err}") from None
+        self.file = self.sock.makefile("rwb")
+
+    def call(self, cmd: str, **args: Any) -> dict:
+        """The raw reply {"ok": ..., ...}."""
+        try:
+            self.file.write((json.dumps({"cmd": cmd, **args}) + "\n").encode())
+            self.file.flush()
+            line = self.file.readline()
+        except OSError as err:
+            raise ApiError(f"control socket {self.path}: {err.strerror or err}") from None
+        if not line:
+            raise ApiError(f"control socket {self.path} closed the connection (the VM has ended?)")
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise ApiError(f"control socket {self.path} answered something that is not JSON") from None
+
+    def request(self, cmd: str, **args: Any) -> Any:
+        """The result, or RefusedError with the VM's one-line reason."""
+        reply = self.call(cmd, **args)
+        if not reply.get("ok"):
+            raise RefusedError(f"{cmd} refused: {reply.get('error', 'no reason given')}")
+        return reply.get("result")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

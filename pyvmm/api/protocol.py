@@ -1,0 +1,116 @@
+"""The control protocol (docs/API.md): one JSON object per line each way.
+
+Request:  {"cmd": NAME, ...arguments}
+Response: {"ok": true, "result": ...}  or  {"ok": false, "error": "one line"}
+
+`dispatch` is independent of sockets so it can be tested with fake controllers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyvmm.idle.apply import IdleChange, IdlePolicyError
+from pyvmm.idle.policy import WFX_NAMES, PolicyParseError
+
+COMMANDS = ("policy", "set", "pin", "pause", "resume", "stop", "stats", "state")
+MAX_LINE = 64 * 1024
+
+
+class RequestError(ValueError):
+    """A malformed request (the client's fault): reported as {"ok": false}."""
+
+
+def _int(req: dict, key: str, limit: int) -> int | None:
+    if key not in req or req[key] is None:
+        return None
+    v = req[key]
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < limit:
+        raise RequestError(f"{key!r} must be an integer in 0..{limit - 1}, got {v!r}")
+    return v
+
+
+def parse_change(req: dict) -> IdleChange:
+    known = {"cmd", "wfx_trap_threshold", "halt_poll_ns", "wfx_passthrough"}
+    extra = sorted(set(req) - known)
+    if extra:
+        raise RequestError(f"set: unknown field(s) {', '.join(extra)} (known: {', '.join(sorted(known - {'cmd'}))})")
+    wfx = req.get("wfx_passthrough")
+    if wfx is not None:
+        if not isinstance(wfx, list) or not all(isinstance(x, str) for x in wfx):
+            raise RequestError("'wfx_passthrough' must be a list of names (wfi, wfe)")
+        bad = sorted(set(x.lower() for x in wfx) - WFX_NAMES)
+        if bad:
+            raise RequestError(f"'wfx_passthrough': unknown {', '.join(bad)} (allowed: wfe, wfi)")
+        wfx = frozenset(x.lower() for x in wfx)
+    change = IdleChange(wfx_trap_threshold=_int(req, "wfx_trap_threshold", 2**64),
+                        halt_poll_ns=_int(req, "halt_poll_ns", 2**32), wfx_passthrough=wfx)
+    if change == IdleChange():
+        raise RequestError("set: give at least one of wfx_trap_threshold, halt_poll_ns, wfx_passthrough")
+    return change
+
+
+def parse_affinity(req: dict) -> dict[int, set[int]]:
+    aff = req.get("affinity")
+    if not isinstance(aff, dict) or not aff:
+        raise RequestError("pin: 'affinity' must be an object {\"VCPU\": [CPU, ...]}")
+    out: dict[int, set[int]] = {}
+    for k, v in aff.items():
+        try:
+            idx = int(k)
+        except ValueError:
+            raise RequestError(f"pin: vCPU {k!r} is not a number") from None
+        if idx < 0 or not isinstance(v, list) or not v or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in v):
+            raise RequestError(f"pin: vCPU {k}: expected a non-empty list of CPU numbers, got {v!r}")
+        out[idx] = set(v)
+    return out
+
+
+def dispatch(req: Any, controller: Any, vmm: Any) -> dict:
+    """Run one request against a running VM; never raises for a bad request or a refused change."""
+    from pyvmm.vmm.outcome import VmOutcome
+
+    try:
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            raise RequestError('a request is a JSON object with a "cmd" string')
+        cmd = req["cmd"]
+        if cmd == "policy":
+            return {"ok": True, "result": controller.policy_dict()}
+        if cmd == "set":
+            return {"ok": True, "result": controller.change(parse_change(req))}
+        if cmd == "pin":
+            return {"ok": True, "result": controller.pin(parse_affinity(req))}
+        if cmd == "stats":
+            return {"ok": True, "result": controller.sample()}
+        if cmd == "state":
+            return {"ok": True, "result": {"vcpus": [{"index": t.vcpu.index, "state": t.state.value}
+                                                      for t in vmm.threads]}}
+        if cmd == "pause":
+            if not vmm.pause():
+                return {"ok": False, "error": "not every vCPU could be paused (some have stopped)"}
+            return {"ok": True, "result": {"state": "paused"}}
+        if cmd == "resume":
+            vmm.resume()
+            return {"ok": True, "result": {"state": "running"}}
+        if cmd == "stop":
+            status = _int(req, "status", 256)
+            vmm.stop(VmOutcome(0 if status is None else status, "stopped through the control socket"))
+            return {"ok": True, "result": {"state": "stopping"}}
+        raise RequestError(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")
+    except (RequestError, IdlePolicyError, PolicyParseError) as err:
+        return {"ok": False, "error": str(err)}
+    except OSError as err:  # e.g. sched_setaffinity refused
+        return {"ok": False, "error": f"{err.strerror or err}"}
+
+
+def encode(obj: dict) -> bytes:
+    return (json.dumps(obj, default=str) + "\n").encode()
+
+
+def decode(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestError(f"not a JSON line: {err}") from None

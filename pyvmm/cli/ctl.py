@@ -1,0 +1,139 @@
+"""`pyvmm ctl PATH ...`: talk to a running VM's control socket (`pyvmm run --api-socket PATH`)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+
+def _client(path: str):
+    from pyvmm.api.client import Client
+
+    return Client(path)
+
+
+def _print_policy(policy: dict, as_json: bool) -> None:
+    from pyvmm.idle.control import render_policy
+
+    click.echo(json.dumps(policy, indent=2) if as_json else "\n".join(render_policy(policy)))
+
+
+@click.group()
+@click.argument("path", metavar="SOCKET")
+@click.pass_context
+def ctl(ctx: click.Context, path: str) -> None:
+    """Control a running VM through its control socket (see docs/API.md): read and change its idle policy, pin its
+    vCPUs, pause, resume or stop it, and watch its idle statistics."""
+    ctx.obj = path
+
+
+@ctl.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def policy(path: str, as_json: bool) -> int:
+    """Show the idle policy in force and where each setting comes from."""
+    with _client(path) as c:
+        _print_policy(c.request("policy"), as_json)
+    return 0
+
+
+@ctl.command(name="set")
+@click.option("--wfx-trap-threshold", type=click.IntRange(0, 2**64 - 1), help="arm64: new runqueue-depth threshold.")
+@click.option("--halt-poll-ns", type=click.IntRange(0, 2**32 - 1), help="New per-VM halt-polling maximum (ns).")
+@click.option("--wfx-passthrough", metavar="wfi,wfe",
+              help="arm64: the full set of passed-through instructions (bits can only be added).")
+@click.option("--json", "as_json", is_flag=True, help="Print the resulting policy as JSON.")
+@click.pass_obj
+def set_(path: str, wfx_trap_threshold, halt_poll_ns, wfx_passthrough, as_json: bool) -> int:
+    """Change idle settings of the running VM; a refused change leaves the VM unchanged (exit status 65)."""
+    args: dict = {}
+    if wfx_trap_threshold is not None:
+        args["wfx_trap_threshold"] = wfx_trap_threshold
+    if halt_poll_ns is not None:
+        args["halt_poll_ns"] = halt_poll_ns
+    if wfx_passthrough is not None:
+        args["wfx_passthrough"] = [x.strip() for x in wfx_passthrough.split(",") if x.strip()]
+    if not args:
+        raise click.UsageError("give at least one of --wfx-trap-threshold, --halt-poll-ns, --wfx-passthrough")
+    with _client(path) as c:
+        _print_policy(c.request("set", **args), as_json)
+    return 0
+
+
+@ctl.command()
+@click.argument("affinity", metavar="VCPU=CPUS,...")
+@click.option("--json", "as_json", is_flag=True, help="Print the resulting policy as JSON.")
+@click.pass_obj
+def pin(path: str, affinity: str, as_json: bool) -> int:
+    """Pin vCPU threads to host CPUs, e.g. `0=1` or `0=0-1,1=1`."""
+    from pyvmm.errors import UsageError
+    from pyvmm.idle.policy import PolicyParseError, parse_affinity
+
+    try:
+        parsed = parse_affinity(affinity)
+    except PolicyParseError as err:
+        raise UsageError(str(err)) from None
+    with _client(path) as c:
+        _print_policy(c.request("pin", affinity={str(k): sorted(v) for k, v in parsed.items()}), as_json)
+    return 0
+
+
+def _simple(name: str, help_text: str):
+    @click.pass_obj
+    def command(path: str, **kw) -> int:
+        with _client(path) as c:
+            result = c.request(name, **kw)
+        click.echo(result.get("state", "ok"))
+        return 0
+
+    command.__doc__ = help_text
+    return command
+
+
+ctl.command(name="pause")(_simple("pause", "Take every vCPU out of the guest until `resume`."))
+ctl.command(name="resume")(_simple("resume", "Let paused vCPUs run again."))
+ctl.command(name="stop")(click.option("--status", type=click.IntRange(0, 255), default=0, show_default=True,
+                                      help="Exit status for `pyvmm run`.")(
+    _simple("stop", "End the VM; `pyvmm run` exits with --status.")))
+
+
+@ctl.command()
+@click.option("--interval", type=click.FloatRange(0.05, 3600), default=1.0, show_default=True,
+              help="Seconds between the two samples a rate is computed from.")
+@click.option("--watch", type=click.FloatRange(0.05, 3600), metavar="SECONDS",
+              help="Repeat every SECONDS (rates over that interval) until the VM ends or Ctrl-C.")
+@click.option("--count", type=click.IntRange(1), help="With --watch: stop after this many intervals.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per interval (rates + raw totals).")
+@click.pass_obj
+def stats(path: str, interval: float, watch: float | None, count: int | None, as_json: bool) -> int:
+    """Per-second rates per vCPU: exits, WFI/WFE exits (arm64), HLT exits (x86), halt wait and poll time (% of
+    the interval), host CPU% of the vCPU thread, the CPU it last ran on and that CPU's runqueue depth."""
+    from pyvmm.api.client import ApiError
+    from pyvmm.idle.measure import interval as rates_between, render_interval
+
+    step = watch or interval
+    n = 0
+    with _client(path) as c:
+        before = c.request("stats")
+        while True:
+            time.sleep(step)
+            try:
+                after = c.request("stats")
+            except ApiError:
+                if watch and n:
+                    return 0  # the VM ended while watching
+                raise
+            iv = rates_between(before, after)
+            if as_json:
+                click.echo(json.dumps({"interval": iv, "totals": after}))
+            else:
+                if n:
+                    click.echo("")
+                click.echo(f"over {iv['interval_s']:.2f} s:")
+                click.echo("\n".join(render_interval(iv)))
+            n += 1
+            before = after
+            if not watch or (count is not None and n >= count):
+                return 0

@@ -1,0 +1,312 @@
+"""The virtio-mmio transport, version 2 (virtio 1.2, 4.2): the register file a driver sees, over one device.
+
+vCPU threads call `read`/`write` (register accesses exit to userspace); a device's worker thread calls `take` and
+`complete` to move chains. One lock serialises both: it is held only for register updates and ring bookkeeping,
+never across host I/O, so a vCPU never waits for a disk or a TAP. A reset bumps `generation`, so completions of
+requests taken before the reset are dropped instead of landing in a re-initialised ring.
+
+Interrupts are level-triggered SPIs. The InterruptStatus bit is set before the interrupt is signalled, and the line
+follows the register: with irqfd + resamplefd (the default where KVM_CAP_IRQFD_RESAMPLE exists) KVM lowers the line
+when the guest EOIs it and tells the worker, which re-asserts it if InterruptStatus is still non-zero; with
+KVM_IRQ_LINE the line is raised with the first bit and lowered when InterruptACK clears the last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Protocol
+
+from pyvmm.devices.virtio import constants as v
+from pyvmm.devices.virtio.virtqueue import Chain, Memory, Virtqueue, VirtqueueError
+from pyvmm.errors import GuestMemoryError
+
+log = logging.getLogger(__name__)
+
+TRANSPORT_FEATURES = (1 << v.F_VERSION_1) | (1 << v.F_RING_INDIRECT_DESC) | (1 << v.F_RING_EVENT_IDX)
+
+
+class Interrupt(Protocol):
+    def trigger(self) -> None:
+        """InterruptStatus has a bit set: make sure the guest sees the line asserted."""
+
+    def lower(self) -> None:
+        """InterruptStatus became zero through InterruptACK."""
+
+
+class VirtioDevice(Protocol):
+    """What the transport needs of a device (see pyvmm/devices/virtio/device.py for the base class)."""
+
+    name: str
+    device_id: int
+    queue_sizes: tuple[int, ...]
+    features: int
+
+    def config_space(self) -> bytes: ...
+
+    def write_config(self, offset: int, data: bytes) -> None: ...
+
+    def activate(self, transport: "MmioTransport") -> None: ...
+
+    def reset(self) -> None: ...
+
+    def notify(self, queue: int) -> None: ...
+
+
+class MmioTransport:
+    def __init__(self, device: VirtioDevice, memory: Memory, interrupt: Interrupt) -> None:
+        self.device = device
+        self.name = f"virtio-mmio ({device.name})"
+        self.memory = memory
+        self.interrupt = interrupt
+        self.lock = threading.Lock()
+        self.queues = [Virtqueue(memory, size) for size in device.queue_sizes]
+        # One eventfd per queue: KVM_IOEVENTFD writes it on QueueNotify (datamatch = queue index), and so does
+        # `write` when an access reaches userspace; the device's worker waits on them.
+        self.notify_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in self.queues]
+        self.device_features = device.features | TRANSPORT_FEATURES
+        self.generation = 0
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.status = 0
+        self.driver_features = 0
+        self.device_features_sel = 0
+        self.driver_features_sel = 0
+        self.queue_sel = 0
+        self.isr = 0
+        self.config_generation = 0
+        self.broken: str | None = None
+        for queue in self.queues:
+            queue.reset()
+
+    def close(self) -> None:
+        for fd in self.notify_fds:
+            os.close(fd)
+        self.notify_fds = []
+
+    # -- negotiated state ---------------------------------------------------------------------------------------
+    def negotiated(self, bit: int) -> bool:
+        return bool(self.driver_features >> bit & 1)
+
+    @property
+    def running(self) -> bool:
+        return bool(self.status & v.STATUS_DRIVER_OK) and self.broken is None
+
+    # -- register file (vCPU threads) ---------------------------------------------------------------------------
+    def read(self, offset: int, size: int) -> int:
+        with self.lock:
+            if offset >= v.MMIO_CONFIG:
+                config = self.device.config_space()
+                start = offset - v.MMIO_CONFIG
+                return int.from_bytes(config[start : start + size].ljust(size, b"\0"), "little")
+            if size != 4:
+                return 0  # the spec allows only 32-bit accesses to the registers
+            return self._read_register(offset)
+
+    def _read_register(self, offset: int) -> int:
+        queue = self.queues[self.queue_sel] if self.queue_sel < len(self.queues) else None
+        if offset == v.MMIO_MAGIC_VALUE:
+            return v.MMIO_MAGIC
+        if offset == v.MMIO_VERSION:
+            return v.MMIO_VERSION_2
+        if offset == v.MMIO_DEVICE_ID:
+            return self.device.device_id
+        if offset == v.MMIO_VENDOR_ID:
+            return v.VENDOR_ID
+        if offset == v.MMIO_DEVICE_FEATURES:
+            return (self.device_features >> (32 * self.device_features_sel)) & 0xFFFF_FFFF \
+                if self.device_features_sel < 2 else 0
+        if offset == v.MMIO_QUEUE_NUM_MAX:
+            return queue.max_size if queue else 0
+        if offset == v.MMIO_QUEUE_READY:
+            return int(queue.ready) if queue else 0
+        if offset == v.MMIO_INTERRUPT_STATUS:
+            return self.isr
+        if offset == v.MMIO_STATUS:
+            return self.status
+        if offset in (v.MMIO_SHM_LEN_LOW, v.MMIO_SHM_LEN_HIGH):
+            return 0xFFFF_FFFF  # no shared memory regions
+        if offset == v.MMIO_CONFIG_GENERATION:
+            return self.config_generation
+        if queue is not None:
+            for low, attr in ((v.MMIO_QUEUE_DESC_LOW, "desc"), (v.MMIO_QUEUE_DRIVER_LOW, "avail"),
+                              (v.MMIO_QUEUE_DEVICE_LOW, "used")):
+                if offset in (low, low + 4):
+                    return (getattr(queue, attr) >> (32 if offset != low else 0)) & 0xFFFF_FFFF
+            if offset == v.MMIO_QUEUE_NUM:
+                return queue.size
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset == v.MMIO_QUEUE_NOTIFY:
+            # Normally KVM_IOEVENTFD consumes this write in the kernel; when it reaches us, hand it on the same way.
+            if size == 4 and value < len(self.notify_fds):
+                os.eventfd_write(self.notify_fds[value], 1)
+            return
+        with self.lock:
+            if offset >= v.MMIO_CONFIG:
+                if self.status & v.STATUS_DRIVER:
+                    self.device.write_config(offset - v.MMIO_CONFIG, value.to_bytes(size, "little"))
+                return
+            if size != 4:
+                return
+            self._write_register(offset, value)
+
+    def _write_register(self, offset: int, value: int) -> None:
+        if offset == v.MMIO_DEVICE_FEATURES_SEL:
+            self.device_features_sel = value
+        elif offset == v.MMIO_DRIVER_FEATURES_SEL:
+            self.driver_features_sel = value
+        elif offset == v.MMIO_DRIVER_FEATURES:
+            if self.driver_features_sel < 2 and not self.status & v.STATUS_FEATURES_OK:
+                shift = 32 * self.driver_features_sel
+                self.driver_features = (self.driver_features & ~(0xFFFF_FFFF << shift)) | (value << shift)
+        elif offset == v.MMIO_QUEUE_SEL:
+            self.queue_sel = value
+        elif offset == v.MMIO_INTERRUPT_ACK:
+            self.isr &= ~value
+            if self.isr == 0:
+                self.interrupt.lower()
+        elif offset == v.MMIO_STATUS:
+            self._write_status(value)
+        elif self.queue_sel < len(self.queues):
+            self._write_queue_register(self.queues[self.queue_sel], offset, value)
+
+    def _write_status(self, value: int) -> None:
+        if value == 0:
+            self._reset()
+            return
+        if value & v.STATUS_FEATURES_OK and not self.status & v.STATUS_FEATURES_OK:
+            unknown = self.driver_features & ~self.device_features
+            if unknown or not self.negotiated(v.F_VERSION_1):
+                # Leaving FEATURES_OK clear is how the spec refuses a feature set (the driver reads it back).
+                log.info("%s: refusing driver features %#x", self.name, self.driver_features)
+                value &= ~v.STATUS_FEATURES_OK
+            else:
+                for queue in self.queues:
+                    queue.event_idx = self.negotiated(v.F_RING_EVENT_IDX)
+                    queue.indirect = self.negotiated(v.F_RING_INDIRECT_DESC)
+        starting = value & v.STATUS_DRIVER_OK and not self.status & v.STATUS_DRIVER_OK
+        self.status = value | (self.status & v.STATUS_DEVICE_NEEDS_RESET)
+        if starting and self.status & v.STATUS_FEATURES_OK:
+            self.device.activate(self)
+            for fd in self.notify_fds:  # chains made available before DRIVER_OK
+                os.eventfd_write(fd, 1)
+
+    def _write_queue_register(self, queue: Virtqueue, offset: int, value: int) -> None:
+        if offset == v.MMIO_QUEUE_READY:
+            if value == 1 and not queue.ready:
+                try:
+                    queue.validate()
+                except VirtqueueError as err:
+                    self._fail(f"queue {self.queue_sel}: {err}")
+                    return
+                queue.ready = True
+            elif value == 0:
+                queue.ready = False
+            return
+        if queue.ready:
+            return  # the ring layout may change only while the queue is not ready
+        if offset == v.MMIO_QUEUE_NUM:
+            queue.size = value
+        for low, attr in ((v.MMIO_QUEUE_DESC_LOW, "desc"), (v.MMIO_QUEUE_DRIVER_LOW, "avail"),
+                          (v.MMIO_QUEUE_DEVICE_LOW, "used")):
+            if offset == low:
+                setattr(queue, attr, (getattr(queue, attr) & ~0xFFFF_FFFF) | value)
+            elif offset == low + 4:
+                setattr(queue, attr, (getattr(queue, attr) & 0xFFFF_FFFF) | (value << 32))
+
+    def _reset(self) -> None:
+        self.generation += 1
+        self._reset_state()
+        self.device.reset()
+        self.interrupt.lower()
+
+    # -- errors -------------------------------------------------------------------------------------------------
+    def _fail(self, reason: str) -> None:
+        """Lock held. The driver broke the protocol: this device stops until the driver resets it."""
+        if self.broken is None:
+            log.warning("%s: %s; device needs reset", self.name, reason)
+        self.broken = reason
+        self.status |= v.STATUS_DEVICE_NEEDS_RESET
+        if self.status & v.STATUS_DRIVER_OK:
+            self.isr |= v.INT_CONFIG_CHANGE
+            self.interrupt.trigger()
+
+    def fail(self, reason: str) -> None:
+        with self.lock:
+            self._fail(reason)
+
+    # -- the device side (worker thread) ------------------------------------------------------------------------
+    def take(self, index: int, limit: int = 1 << 30) -> tuple[int, list[Chain]]:
+        """Up to `limit` available chains of queue `index` and the generation they belong to."""
+        chains: list[Chain] = []
+        with self.lock:
+            if not self.running or index >= len(self.queues):
+                return self.generation, chains
+            queue = self.queues[index]
+            try:
+                while len(chains) < limit:
+                    chain = queue.pop()
+                    if chain is None:
+                        break
+                    chains.append(chain)
+            except VirtqueueError as err:
+                self._fail(f"queue {index}: {err}")
+                return self.generation, []
+            return self.generation, chains
+
+    def has_pending(self, index: int) -> bool:
+        with self.lock:
+            if not self.running:
+                return False
+            try:
+                return self.queues[index].pending() > 0
+            except VirtqueueError as err:
+                self._fail(f"queue {index}: {err}")
+                return False
+
+    def complete(self, index: int, generation: int, done: list[tuple[int, int]]) -> None:
+        """Return chains (head, bytes written) to the driver and interrupt it if it asked for that."""
+        if not done:
+            return
+        with self.lock:
+            if generation != self.generation or self.broken is not None:
+                return  # taken before a reset: the ring they came from no longer exists
+            queue = self.queues[index]
+            try:
+                for head, written in done:
+                    queue.push(head, written)
+                wanted = queue.needs_interrupt()
+            except VirtqueueError as err:
+                self._fail(f"queue {index}: {err}")
+                return
+            if wanted:
+                self.isr |= v.INT_USED_BUFFER  # the bit first, then the signal (4.2.3.4)
+                self.interrupt.trigger()
+
+    def config_changed(self) -> None:
+        with self.lock:
+            self.config_generation = (self.config_generation + 1) & 0xFFFF_FFFF
+            if self.status & v.STATUS_DRIVER_OK:
+                self.isr |= v.INT_CONFIG_CHANGE
+                self.interrupt.trigger()
+
+    def resample(self) -> None:
+        """The guest EOI'd the level interrupt (irqfd resamplefd): re-assert while a status bit is still set."""
+        with self.lock:
+            if self.isr:
+                self.interrupt.trigger()
+
+
+def guarded(transport: MmioTransport, what: str, action, *args) -> None:
+    """Run device work on the worker; a malformed guest buffer or a bug stops this device only, never pyvmm."""
+    try:
+        action(*args)
+    except (VirtqueueError, GuestMemoryError) as err:
+        transport.fail(f"{what}: {err}")
+    except Exception as err:  # a bug in a device must not take the VM down: park the device, say why
+        log.exception("%s: %s failed", transport.name, what)
+        transport.fail(f"{what}: internal error {type(err).__name__}: {err}")

@@ -1,0 +1,261 @@
+"""Split virtqueues (virtio 1.2, 2.7) read and written through a bounds-checked guest memory view.
+
+Everything in a ring is guest-controlled, so every step is checked: ring addresses and sizes when the queue is made
+ready, the available index against the queue size, each head and `next` index against the queue size, every
+buffer's [addr, addr + len) through `GuestMemory` (which raises GuestMemoryError outside RAM), chains bounded by
+the queue size (indirect tables by their own length), nested indirect tables and readable-after-writable buffers
+refused. Any violation raises `VirtqueueError`, the one error a device sees; the transport answers it with
+DEVICE_NEEDS_RESET for that device only.
+
+Memory ordering: the guest reads the used ring on another CPU, so the used element must be visible before the used
+index. CPython cannot emit a barrier itself; `_Fence` releases and re-acquires a lock, i.e. a store-release followed
+by a load-acquire (STLR/LDAR or CASL/CASA on arm64), which ARMv8 orders like a full barrier (RCsc).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pyvmm.devices.virtio.constants import (
+    AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
+)
+from pyvmm.errors import GuestMemoryError
+
+DESC = struct.Struct("<QIHH")  # addr, len, flags, next
+USED_ELEM = struct.Struct("<II")
+MAX_QUEUE_SIZE = 32768  # the split-ring maximum (2.7)
+
+
+class Memory(Protocol):
+    """What a virtqueue needs of guest memory (pyvmm.kvm.memory.GuestMemory, or a test model)."""
+
+    def view(self, gpa: int, length: int) -> memoryview: ...
+
+    def read_int(self, gpa: int, size: int) -> int: ...
+
+    def write_int(self, gpa: int, size: int, value: int) -> None: ...
+
+
+class VirtqueueError(Exception):
+    """The driver put something malformed in a queue: the device must stop and ask for a reset."""
+
+
+class _Fence:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def __call__(self) -> None:
+        self._lock.release()
+        self._lock.acquire()
+
+
+@dataclass
+class Chain:
+    """One descriptor chain: the head index to return, and its device-readable then device-writable buffers."""
+
+    head: int
+    readable: list[tuple[int, int]] = field(default_factory=list)  # (gpa, length)
+    writable: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def readable_len(self) -> int:
+        return sum(length for _, length in self.readable)
+
+    @property
+    def writable_len(self) -> int:
+        return sum(length for _, length in self.writable)
+
+
+def read_from(memory: Memory, buffers: list[tuple[int, int]], limit: int) -> bytes:
+    """Up to `limit` bytes gathered from the buffers, in order."""
+    out = bytearray()
+    for gpa, length in buffers:
+        if len(out) >= limit:
+            break
+        take = min(length, limit - len(out))
+        out += memory.view(gpa, take)
+    return bytes(out)
+
+
+def views(memory: Memory, buffers: list[tuple[int, int]], skip: int = 0, limit: int | None = None) -> list[memoryview]:
+    """Memoryviews of guest RAM covering the buffers, skipping the first `skip` bytes, at most `limit` bytes."""
+    out: list[memoryview] = []
+    remaining = limit
+    for gpa, length in buffers:
+        if skip >= length:
+            skip -= length
+            continue
+        take = length - skip
+        if remaining is not None:
+            take = min(take, remaining)
+            remaining -= take
+        if take > 0:
+            out.append(memory.view(gpa + skip, take))
+        skip = 0
+        if remaining == 0:
+            break
+    return out
+
+
+def write_to(memory: Memory, buffers: list[tuple[int, int]], data: bytes | memoryview, skip: int = 0) -> int:
+    """Scatter `data` into the buffers from byte `skip`; returns how many bytes fitted."""
+    done = 0
+    for view in views(memory, buffers, skip, len(data)):
+        view[:] = data[done : done + len(view)]
+        done += len(view)
+    return done
+
+
+class Virtqueue:
+    """The device side of one split virtqueue. Not thread-safe: the transport serialises access with its lock."""
+
+    def __init__(self, memory: Memory, max_size: int) -> None:
+        self.memory = memory
+        self.max_size = max_size
+        self._fence = _Fence()
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = self.max_size
+        self.ready = False
+        self.desc = 0
+        self.avail = 0
+        self.used = 0
+        self.event_idx = False
+        self.indirect = False
+        self.last_avail = 0
+        self.used_idx = 0
+        self.signalled_used = 0  # used index at the last interrupt (EVENT_IDX suppression)
+
+    # -- configuration ------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check the ring layout the driver wrote before the queue is made ready."""
+        size = self.size
+        if not 1 <= size <= self.max_size or size & (size - 1):
+            raise VirtqueueError(f"queue size {size} is not a power of two in 1..{self.max_size}")
+        extra = 2 if self.event_idx else 0
+        for name, addr, length, align in (("descriptor table", self.desc, 16 * size, 16),
+                                          ("driver area", self.avail, 4 + 2 * size + extra, 2),
+                                          ("device area", self.used, 4 + 8 * size + extra, 4)):
+            if addr % align:
+                raise VirtqueueError(f"{name} at {addr:#x} is not {align}-byte aligned")
+            try:
+                self.memory.view(addr, length)
+            except GuestMemoryError as err:
+                raise VirtqueueError(f"{name}: {err}") from None
+        # A freshly enabled queue starts from the indices the rings hold (zero after a driver reset).
+        self.last_avail = self._read(self.avail + 2, 2)
+        self.used_idx = self._read(self.used + 2, 2)
+        self.signalled_used = self.used_idx
+
+    def _read(self, gpa: int, size: int) -> int:
+        try:
+            return self.memory.read_int(gpa, size)
+        except GuestMemoryError as err:
+            raise VirtqueueError(str(err)) from None
+
+    def _write(self, gpa: int, size: int, value: int) -> None:
+        try:
+            self.memory.write_int(gpa, size, value)
+        except GuestMemoryError as err:
+            raise VirtqueueError(str(err)) from None
+
+    # -- the available ring -------------------------------------------------------------------------------------
+    def pending(self) -> int:
+        """How many chains the driver has made available that the device has not taken yet."""
+        avail_idx = self._read(self.avail + 2, 2)
+        count = (avail_idx - self.last_avail) & 0xFFFF
+        if count > self.size:
+            raise VirtqueueError(f"available index {avail_idx} is {count} ahead of the device: over the queue size "
+                                 f"{self.size}")
+        return count
+
+    def pop(self) -> Chain | None:
+        """The next available chain, validated; None when the ring is empty."""
+        if not self.ready or self.pending() == 0:
+            return None
+        self._fence()  # the ring entry must be read after the index that published it
+        head = self._read(self.avail + 4 + 2 * (self.last_avail % self.size), 2)
+        chain = self._walk(head)
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        if self.event_idx:
+            # avail_event: ask to be notified when the driver adds past what was taken
+            self._write(self.used + 4 + 8 * self.size, 2, self.last_avail)
+        return chain
+
+    def _descriptor(self, table: int, index: int) -> tuple[int, int, int, int]:
+        try:
+            return DESC.unpack(self.memory.view(table + 16 * index, 16))
+        except GuestMemoryError as err:
+            raise VirtqueueError(str(err)) from None
+
+    def _walk(self, head: int) -> Chain:
+        if head >= self.size:
+            raise VirtqueueError(f"head index {head} is outside the queue of {self.size}")
+        chain = Chain(head)
+        table, table_size, index = self.desc, self.size, head
+        seen = 0
+        in_indirect = False
+        while True:
+            seen += 1
+            if seen > table_size:
+                raise VirtqueueError(f"descriptor chain from head {head} is longer than its table ({table_size}): a loop")
+            addr, length, flags, nxt = self._descriptor(table, index)
+            if flags & DESC_F_INDIRECT:
+                if in_indirect:
+                    raise VirtqueueError("an indirect table points to another indirect table")
+                if not self.indirect:
+                    raise VirtqueueError("indirect descriptor used without VIRTIO_F_RING_INDIRECT_DESC")
+                if flags & DESC_F_NEXT:
+                    raise VirtqueueError("a descriptor has both INDIRECT and NEXT")
+                if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
+                    raise VirtqueueError(f"indirect table length {length} is not a multiple of 16 in 16..{16 * MAX_QUEUE_SIZE}")
+                try:
+                    self.memory.view(addr, length)
+                except GuestMemoryError as err:
+                    raise VirtqueueError(f"indirect table: {err}") from None
+                table, table_size, index, seen, in_indirect = addr, length // 16, 0, 0, True
+                continue
+            try:
+                self.memory.view(addr, length)
+            except GuestMemoryError as err:
+                raise VirtqueueError(f"descriptor {index}: {err}") from None
+            if flags & DESC_F_WRITE:
+                chain.writable.append((addr, length))
+            elif chain.writable:
+                raise VirtqueueError("a device-readable buffer follows a device-writable one")
+            else:
+                chain.readable.append((addr, length))
+            if not flags & DESC_F_NEXT:
+                return chain
+            if nxt >= table_size:
+                raise VirtqueueError(f"next index {nxt} is outside its table of {table_size}")
+            index = nxt
+
+    # -- the used ring ------------------------------------------------------------------------------------------
+    def push(self, head: int, written: int) -> None:
+        """Return a chain to the driver with the number of bytes the device wrote into it."""
+        slot = self.used_idx % self.size
+        try:
+            USED_ELEM.pack_into(self.memory.view(self.used + 4 + 8 * slot, 8), 0, head, written)
+        except GuestMemoryError as err:
+            raise VirtqueueError(str(err)) from None
+        self._fence()  # the element before the index
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        self._write(self.used + 2, 2, self.used_idx)
+
+    def needs_interrupt(self) -> bool:
+        """After pushes: whether the driver asked to be interrupted for them (EVENT_IDX or NO_INTERRUPT)."""
+        self._fence()  # the used index must be visible before reading the driver's suppression fields
+        old, new = self.signalled_used, self.used_idx
+        if old == new:
+            return False
+        self.signalled_used = new
+        if self.event_idx:
+            used_event = self._read(self.avail + 4 + 2 * self.size, 2)
+            return ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        return not self._read(self.avail, 2) & AVAIL_F_NO_INTERRUPT

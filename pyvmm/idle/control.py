@@ -1,0 +1,196 @@
+"""One VM's idle policy over its life: applied before vCPUs exist, vCPUs pinned once their threads run,
+changed live (control socket), measured (stats sampler), and reported (JSON-able dicts).
+
+The controller is the single place that touches the VM for idle settings; a lock serialises live changes
+so two control-socket clients cannot interleave KVM_ENABLE_CAP calls.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Mapping
+
+from pyvmm.errors import KvmUnavailableError, UsageError
+from pyvmm.idle.apply import (AppliedPolicy, IdleChange, IdlePolicyError, apply_affinity, apply_before_vcpus,
+                              apply_live)
+from pyvmm.idle.caps import CapTable, cap_table
+from pyvmm.idle.host import HostInfo, probe_host
+from pyvmm.idle.policy import IdlePolicy
+
+
+class IdleRefusedError(KvmUnavailableError):
+    """A per-VM idle setting the kernel cannot apply (exit status 69, one-line message)."""
+
+
+def applied_to_dict(applied: AppliedPolicy | None, affinity: Mapping[int, set[int]] | None = None) -> dict:
+    """The policy in force as JSON-able data (sets as sorted lists)."""
+    if applied is None:
+        return {}
+    return {
+        "arch": applied.arch,
+        "exits": {name: {"behaviour": s.behaviour, "source": s.source, "detail": s.detail}
+                  for name, s in applied.exits.items()},
+        "wfx_trap_threshold": applied.wfx_trap_threshold,
+        "wfx_passthrough": sorted(applied.wfx_passthrough),
+        "idle_exits": sorted(applied.idle_exits),
+        "halt_poll_ns": applied.halt_poll_ns,
+        "halt_poll_source": applied.halt_poll_source,
+        "cpu_affinity": {str(k): sorted(v) for k, v in sorted((affinity or {}).items())},
+        "fallbacks": list(applied.fallbacks),
+        "notes": list(applied.notes),
+    }
+
+
+def render_policy(d: dict) -> list[str]:
+    """Human-readable lines for a policy dict (applied_to_dict)."""
+    lines = []
+    for name, s in d.get("exits", {}).items():
+        lines.append(f"{name:6} {s['behaviour']}  [{s['source']}{'; ' + s['detail'] if s['detail'] else ''}]")
+    hp = d.get("halt_poll_ns")
+    lines.append(f"halt polling {('unknown' if hp is None else f'{hp} ns')}  [{d.get('halt_poll_source')}]")
+    aff = d.get("cpu_affinity") or {}
+    lines.append("vCPU pinning " + (", ".join(f"{k}={','.join(map(str, v))}" for k, v in aff.items())
+                                    if aff else "none (the host scheduler decides)"))
+    for f in d.get("fallbacks", []):
+        lines.append(f"fallback: {f}")
+    for n in d.get("notes", []):
+        lines.append(f"note: {n}")
+    return lines
+
+
+class IdleController:
+    """Applies `policy` to one Vmm and keeps what is in force."""
+
+    def __init__(self, policy: IdlePolicy, *, caps: CapTable | None = None, host: HostInfo | None = None) -> None:
+        self.policy = policy
+        self.caps = caps or cap_table()
+        self._host = host
+        self.applied: AppliedPolicy | None = None
+        self.affinity: dict[int, set[int]] = {}
+        self.vmm: Any = None
+        self.sampler: Any = None
+        self.first_sample: dict | None = None
+        self.last_sample: dict | None = None
+        self.lock = threading.RLock()
+        self._times: dict[int, dict] = {}
+
+    @property
+    def host(self) -> HostInfo:
+        if self._host is None:
+            self._host = probe_host()
+        return self._host
+
+    # -- hooks ---------------------------------------------------------------------------------------------------
+    def attach(self, vmm: Any) -> None:
+        self.vmm = vmm
+        self.check_affinity(self.policy.cpu_affinity, vmm.config.cpus)
+        if "hlt" in self.policy.idle_exits:
+            # HLT passthrough with PV_UNHALT advertised makes some (nested) hosts fail KVM entry.
+            vmm.hide_pv_unhalt = True
+        vmm.before_vcpus.append(self.before_vcpus)
+        vmm.on_started.append(self.on_started)
+        vmm.on_finished.append(self.on_finished)
+        # A vCPU thread's CPU time is unreadable once it has exited (its /proc/self/task entry goes), and
+        # Vmm's on_finished hooks run after the join. So the times are also read as the VM is being stopped
+        # (the guest's EXIT calls vmm.stop from its own vCPU thread, which is therefore still alive), with a
+        # slow periodic reading as the fallback for ends that bypass stop (PSCI SYSTEM_OFF, errors).
+        original_stop = vmm.stop
+
+        def stop_and_sample(outcome: Any) -> None:
+            self._record_thread_times()
+            original_stop(outcome)
+
+        vmm.stop = stop_and_sample
+
+    def before_vcpus(self, vm: Any) -> None:
+        try:
+            self.applied = apply_before_vcpus(vm, self.policy, self.vmm.config.arch, host=self.host,
+                                              caps=self.caps)
+        except IdlePolicyError as err:
+            raise IdleRefusedError(str(err)) from None
+
+    def on_started(self, vmm: Any) -> None:
+        from pyvmm.idle.measure import VcpuStatsSampler
+
+        machine = vmm.machine
+        if self.policy.cpu_affinity:
+            try:
+                with self.lock:
+                    self.affinity = apply_affinity(machine.vcpus, self.policy)
+            except (IdlePolicyError, OSError) as err:
+                from pyvmm.vmm.outcome import VmOutcome
+
+                vmm.stop(VmOutcome(KvmUnavailableError.exit_status, f"cannot pin vCPUs: {err}", error=True))
+        self.sampler = VcpuStatsSampler(machine.vcpus)
+        self.first_sample = self.sampler.sample(runqueue=False)
+        self._times = {}
+        threading.Thread(target=self._watch_times, args=(vmm,), name="idle-times", daemon=True).start()
+
+    def _record_thread_times(self) -> None:
+        with self.lock:  # on_finished closes the sampler's fds under the same lock
+            if self.sampler is None:
+                return
+            for v in self.sampler.sample(runqueue=False)["vcpus"]:
+                if v["cpu_s"] is not None:
+                    self._times[v["index"]] = {k: v[k] for k in ("cpu_s", "wait_s", "last_cpu", "state")}
+
+    def _watch_times(self, vmm: Any) -> None:
+        latch = vmm.latch
+        while not latch.wait(0.5):
+            try:
+                self._record_thread_times()
+            except (OSError, ValueError):
+                return  # the VM is being torn down
+
+    def on_finished(self, vmm: Any, outcome: Any) -> None:
+        with self.lock:
+            if self.sampler is not None:
+                last = self.sampler.sample(runqueue=False)
+                for v in last["vcpus"]:
+                    if v["cpu_s"] is None and v["index"] in self._times:
+                        v.update(self._times[v["index"]])  # the thread has exited: its last reading
+                self.last_sample = last
+                self.sampler.close()
+                self.sampler = None
+
+    # -- live control (control socket) -----------------------------------------------------------------------
+    def policy_dict(self) -> dict:
+        with self.lock:
+            return applied_to_dict(self.applied, self.affinity)
+
+    def change(self, change: IdleChange) -> dict:
+        """Apply a live change; IdlePolicyError (VM unchanged) when the kernel or the rules refuse."""
+        with self.lock:
+            if self.applied is None or self.vmm is None or self.vmm.machine is None:
+                raise IdlePolicyError("the VM is not running")
+            self.applied = apply_live(self.vmm.machine.vm, change, self.applied, host=self.host, caps=self.caps)
+            return applied_to_dict(self.applied, self.affinity)
+
+    def pin(self, affinity: dict[int, set[int]]) -> dict:
+        with self.lock:
+            machine = self.vmm.machine if self.vmm is not None else None
+            if machine is None:
+                raise IdlePolicyError("the VM is not running")
+            self.check_affinity(affinity, len(machine.vcpus))
+            done = apply_affinity(machine.vcpus, IdlePolicy(cpu_affinity=affinity))
+            self.affinity.update(done)
+            return applied_to_dict(self.applied, self.affinity)
+
+    def sample(self) -> dict:
+        with self.lock:
+            if self.sampler is None:
+                raise IdlePolicyError("the VM is not running")
+            return self.sampler.sample()
+
+    @staticmethod
+    def check_affinity(affinity: Mapping[int, set[int]], cpus: int) -> None:
+        """Refuse pinning that cannot work before anything runs: unknown vCPUs or CPUs this process may not use."""
+        allowed = os.sched_getaffinity(0)
+        for v, want in sorted(affinity.items()):
+            if v >= cpus:
+                raise UsageError(f"--cpu-affinity names vCPU {v}, but the VM has {cpus} vCPU(s) (0..{cpus - 1})")
+            outside = sorted(set(want) - allowed)
+            if outside:
+                raise UsageError(f"--cpu-affinity {v}={','.join(map(str, sorted(want)))}: CPU(s) {outside} are not "
+                                 f"available to pyvmm (allowed: {','.join(map(str, sorted(allowed)))})")
