@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pyvmm.errors import PyvmmError
 from pyvmm.idle.apply import IdleChange, IdlePolicyError
 from pyvmm.idle.policy import WFX_NAMES, PolicyParseError
 
@@ -99,7 +100,7 @@ def dispatch(req: Any, controller: Any, vmm: Any) -> dict:
             vmm.stop(VmOutcome(0 if status is None else status, "stopped through the control socket"))
             return {"ok": True, "result": {"state": "stopping"}}
         raise RequestError(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")
-    except (RequestError, IdlePolicyError, PolicyParseError) as err:
+    except (RequestError, IdlePolicyError, PolicyParseError, PyvmmError) as err:
         return {"ok": False, "error": str(err)}
     except OSError as err:  # e.g. sched_setaffinity refused
         return {"ok": False, "error": f"{err.strerror or err}"}

@@ -30,6 +30,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 reply = dispatch(decode(line), server.controller, server.vmm)
             except RequestError as err:
                 reply = {"ok": False, "error": str(err)}
+            except Exception as err:  # a bug must not kill the VM or leave the client hanging
+                reply = {"ok": False, "error": f"internal error: {type(err).__name__}: {err}"}
             self.wfile.write(encode(reply))
             self.wfile.flush()
 

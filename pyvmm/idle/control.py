@@ -189,8 +189,8 @@ class IdleController:
         allowed = os.sched_getaffinity(0)
         for v, want in sorted(affinity.items()):
             if v >= cpus:
-                raise UsageError(f"--cpu-affinity names vCPU {v}, but the VM has {cpus} vCPU(s) (0..{cpus - 1})")
+                raise UsageError(f"cpu affinity names vCPU {v}, but the VM has {cpus} vCPU(s) (0..{cpus - 1})")
             outside = sorted(set(want) - allowed)
             if outside:
-                raise UsageError(f"--cpu-affinity {v}={','.join(map(str, sorted(want)))}: CPU(s) {outside} are not "
+                raise UsageError(f"cpu affinity {v}={','.join(map(str, sorted(want)))}: CPU(s) {outside} are not "
                                  f"available to pyvmm (allowed: {','.join(map(str, sorted(allowed)))})")

@@ -41,6 +41,8 @@ MMIO_EXIT = struct.Struct("<Q8sIB")
 IO_OFFSET = ffi.offsetof("struct kvm_run", "io")
 MMIO_OFFSET = ffi.offsetof("struct kvm_run", "mmio")
 MMIO_DATA_OFFSET = MMIO_OFFSET + 8
+UNPACK_LE = {1: struct.Struct("<B").unpack_from, 2: struct.Struct("<H").unpack_from,
+             4: struct.Struct("<I").unpack_from, 8: struct.Struct("<Q").unpack_from}
 
 
 class VcpuState(Enum):
@@ -158,6 +160,9 @@ class VcpuThread(threading.Thread):
         pio_find = self.pio_bus.find if self.pio_bus is not None else None
         mmio_find = self.mmio_bus.find
         from_bytes = int.from_bytes
+        unpack_value = UNPACK_LE
+        out_targets: dict[int, tuple] = {}  # port << 4 | size -> (bound write, offset in device), for claimed ports
+        mmio_write_targets: dict[int, tuple] = {}  # addr << 4 | length -> (bound write, offset), claimed only
         exits = 0
 
         while True:
@@ -173,6 +178,14 @@ class VcpuThread(threading.Thread):
             reason = run.exit_reason
             if reason == EXIT_IO and pio_find is not None:
                 direction, size, port, count, data = unpack_io(mm, io_offset)
+                if direction == IO_OUT and count == 1:
+                    # The common case: one OUT to a claimed port. One dict probe gives the bound write method.
+                    target = out_targets.get(port << 4 | size)
+                    if target is not None:
+                        target[0](target[1], size, unpack_value[size](mm, data)[0])
+                        if self._stop_requested:
+                            break
+                        continue
                 hit = pio_find(port)
                 if hit is None or port + size > hit.end:
                     if direction != IO_OUT:
@@ -181,12 +194,10 @@ class VcpuThread(threading.Thread):
                 offset = port - hit.base
                 if direction == IO_OUT:
                     write = hit.device.write
-                    if count == 1:
-                        write(offset, size, from_bytes(mm[data : data + size], "little"))
-                    else:
-                        for i in range(count):
-                            at = data + i * size
-                            write(offset, size, from_bytes(mm[at : at + size], "little"))
+                    out_targets[port << 4 | size] = (write, offset)
+                    for i in range(count):
+                        at = data + i * size
+                        write(offset, size, from_bytes(mm[at : at + size], "little"))
                 else:
                     read = hit.device.read
                     for i in range(count):
@@ -194,6 +205,13 @@ class VcpuThread(threading.Thread):
                         mm[at : at + size] = (read(offset, size) & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
             elif reason == EXIT_MMIO:
                 addr, raw, length, is_write = unpack_mmio(mm, mmio_offset)
+                if is_write:
+                    target = mmio_write_targets.get(addr << 4 | length)
+                    if target is not None:
+                        target[0](target[1], length, from_bytes(raw[:length], "little"))
+                        if self._stop_requested:
+                            break
+                        continue
                 if not 0 < length <= 8:
                     continue
                 hit = mmio_find(addr)
@@ -202,7 +220,10 @@ class VcpuThread(threading.Thread):
                         mm[mmio_data : mmio_data + length] = b"\xff" * length
                     continue
                 if is_write:
-                    hit.device.write(addr - hit.base, length, from_bytes(raw[:length], "little"))
+                    write = hit.device.write
+                    if len(mmio_write_targets) < 4096:
+                        mmio_write_targets[addr << 4 | length] = (write, addr - hit.base)
+                    write(addr - hit.base, length, from_bytes(raw[:length], "little"))
                 else:
                     value = hit.device.read(addr - hit.base, length) & ((1 << (8 * length)) - 1)
                     mm[mmio_data : mmio_data + length] = value.to_bytes(length, "little")

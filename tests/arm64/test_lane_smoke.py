@@ -50,3 +50,9 @@ def test_host_kernel_announced(lane_host_kernel) -> None:
 def test_append_reaches_host_cmdline(lane_host_cmdline: list[str]) -> None:
     appended = os.environ.get("PYVMM_LANE_APPEND", "").split()
     assert all(word in lane_host_cmdline for word in appended), (appended, lane_host_cmdline)
+
+
+def test_host_offers_tun_and_vhost() -> None:
+    # Built into the custom kernel; loaded from Debian's modules by the lane's /init on the stock one.
+    for dev in ("/dev/net/tun", "/dev/vhost-net", "/dev/vhost-vsock"):
+        assert os.path.exists(dev), dev

@@ -284,7 +284,7 @@ def test_reset_drops_completions_taken_before_it():
     generation, chains = t.take(0)
     assert len(chains) == 1
     d.reg(v.MMIO_STATUS, 0)
-    assert dev.resets == 1 and d.reg(v.MMIO_STATUS) == 0
+    assert dev.resets == 2 and d.reg(v.MMIO_STATUS) == 0  # start() reset it once too
     t.complete(0, generation, [(chains[0].head, 1)])
     assert mem.read_int(USED + 2, 2) == 0  # nothing landed in the old ring
     t.close()
@@ -376,7 +376,7 @@ descriptor = st.tuples(
 )
 
 
-@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(table=st.lists(descriptor, min_size=16, max_size=16), ring=st.lists(st.integers(0, 2**16 - 1), min_size=16,
        max_size=16), avail_idx=st.integers(0, 2**16 - 1), indirect_table=st.lists(descriptor, max_size=8),
        event_idx=st.booleans())
@@ -411,8 +411,8 @@ def test_random_descriptor_tables_never_escape_ram_raise_or_hang(table, ring, av
     # take() writes nothing but avail_event in the used ring
     after = mem.snapshot()
     avail_event = USED + 4 + 8 * 16 - RAM_BASE
-    changed = [i for i, (x, y) in enumerate(zip(before[0], after[0])) if x != y]
-    assert all(avail_event <= i < avail_event + 2 for i in changed)
+    masked = [b[:avail_event] + b[avail_event + 2 :] for b in (before[0], after[0])]
+    assert masked[0] == masked[1]
     assert before[1] == after[1]
     if needs_reset(t):
         assert t.broken

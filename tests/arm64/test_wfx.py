@@ -1,0 +1,184 @@
+"""Per-VM WFx trapping on real arm64 KVM inside the lane. Run once on the custom host kernel (both per-VM WFx
+capabilities, /work/shared/arm64-host) and once on Debian's stock 6.12 (neither); PYVMM_LANE_HOST_KERNEL says
+which, and each test skips on the other kind. Under emulation WFE never traps and a WFI traps only when it
+would wait, so only WFI counts are asserted, as >= 95% of N ("trapped") or <= 5% ("not trapped").
+Times measured here are pass/fail evidence only, never performance figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import pyvmm_guests
+
+from pyvmm.api.client import Client, RefusedError
+from tests.conftest import run_pyvmm
+
+IDLE = str(pyvmm_guests.path("arm64", "idle"))
+N = 100
+APPEND = os.environ.get("PYVMM_LANE_APPEND", "")
+NOTRAP = "kvm-arm.wfi_trap_policy=notrap" in APPEND
+
+
+@pytest.fixture
+def custom(lane_host_kernel):
+    if lane_host_kernel.kind != "custom":
+        pytest.skip(f"needs the custom host kernel with the per-VM WFx caps; this lane runs {lane_host_kernel.kind} "
+                    f"{lane_host_kernel.release}")
+    if NOTRAP:
+        pytest.skip("the host's kvm-arm.wfi_trap_policy=notrap overrides per-VM thresholds")
+
+
+@pytest.fixture
+def stock(lane_host_kernel):
+    if lane_host_kernel.kind != "stock":
+        pytest.skip(f"stock-kernel behaviour; this lane runs the {lane_host_kernel.kind} kernel "
+                    f"{lane_host_kernel.release}")
+
+
+def run_idle(tmp_path, *opts, n=N, expect=0):
+    out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.json"
+    r = run_pyvmm("run", "--no-stdin", "-k", IDLE, "--guest-arg", str(n), "--stats-json", str(out), *opts,
+                  timeout=240)
+    assert r.returncode == expect, r.stderr.decode()
+    return json.loads(out.read_text()) if expect == 0 else r
+
+
+def wfi(d) -> int:
+    return d["vcpus"][0]["stats"]["wfi_exit_stat"]
+
+
+def test_threshold_0_traps_every_blocking_wfi(custom, tmp_path):
+    d = run_idle(tmp_path, "--wfx-trap-threshold", "0")
+    assert d["policy"]["wfx_trap_threshold"] == 0
+    assert d["policy"]["exits"]["wfi"]["source"] == "per-VM cap KVM_CAP_ARM_WFX_TRAP_RUNQUEUE_DEPTH"
+    assert len(d["testdev_data"]) == N + 1 and d["testdev_data"][0] > 0  # CNTFRQ, then one latency per period
+    assert wfi(d) >= 0.95 * N, d["vcpus"]
+
+
+@pytest.mark.parametrize("opts", [("--wfx-trap-threshold", "100"), ("--wfx-passthrough", "wfi"),
+                                  ("--wfx-passthrough", "wfi", "--wfx-trap-threshold", "0")])
+def test_high_threshold_or_wfi_passthrough_stop_the_traps(custom, tmp_path, opts):
+    d = run_idle(tmp_path, *opts)
+    assert wfi(d) <= 0.05 * N, d["vcpus"]
+    if "--wfx-passthrough" in opts:
+        assert d["policy"]["exits"]["wfi"]["source"] == "per-VM cap KVM_CAP_ARM_DISABLE_EXITS"
+        assert d["observed"] == []
+
+
+@pytest.fixture
+def live_vm(tmp_path):
+    def start(*opts):
+        sock = tmp_path / "vm.sock"
+        proc = subprocess.Popen([sys.executable, "-m", "pyvmm", "run", "--no-stdin", "-k", IDLE,
+                                 "--guest-arg", "1000000", "--api-socket", str(sock), *opts],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        procs.append(proc)
+        deadline = time.monotonic() + 120
+        while not sock.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "control socket never appeared"
+            time.sleep(0.1)
+        time.sleep(1)
+        return sock, proc
+
+    procs: list = []
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(30)
+
+
+def window(c, seconds=2.0):
+    """(timer periods, trapped WFIs) over a window; each period ends with one DATA write = one user MMIO exit."""
+    a = c.request("stats")["vcpus"][0]["stats"]
+    time.sleep(seconds)
+    b = c.request("stats")["vcpus"][0]["stats"]
+    return b["mmio_exit_user"] - a["mmio_exit_user"], b["wfi_exit_stat"] - a["wfi_exit_stat"]
+
+
+def test_threshold_changed_through_the_socket_takes_effect(custom, live_vm):
+    sock, proc = live_vm("--wfx-trap-threshold", "100")
+    with Client(str(sock), timeout=60) as c:
+        seen = []
+        for threshold in (100, 0, 100):
+            assert c.request("set", wfx_trap_threshold=threshold)["wfx_trap_threshold"] == threshold
+            time.sleep(0.2)  # takes effect at each vCPU's next load
+            periods, traps = window(c)
+            seen.append((threshold, periods, traps))
+            assert periods >= 20, seen
+        print(f"threshold, periods, trapped WFIs per window: {seen}")
+        (_, p1, t1), (_, p2, t2), (_, p3, t3) = seen
+        assert t1 <= 0.05 * p1 and t2 >= 0.95 * p2 and t3 <= 0.05 * p3, seen
+        c.request("stop")
+    assert proc.wait(60) == 0
+
+
+def test_wfi_passthrough_cannot_be_cleared(custom, live_vm):
+    sock, proc = live_vm("--wfx-passthrough", "wfi")
+    with Client(str(sock), timeout=60) as c:
+        before = c.request("policy")
+        with pytest.raises(RefusedError, match="one-way"):
+            c.request("set", wfx_passthrough=[])
+        assert c.request("policy") == before
+        periods, traps = window(c, 1.0)
+        assert periods > 0 and traps <= 0.05 * periods and proc.poll() is None
+        # Adding WFE to WFI is allowed (bits can only be added).
+        assert c.request("set", wfx_passthrough=["wfi", "wfe"])["wfx_passthrough"] == ["wfe", "wfi"]
+        c.request("stop")
+    assert proc.wait(60) == 0
+
+
+def test_bench_idle_table(custom, tmp_path):
+    pytest.importorskip("matplotlib")
+    r = run_pyvmm("bench", "idle", "--repeat", "2", "--periods", "100", "--csv", str(tmp_path / "b.csv"),
+                  "--plot", str(tmp_path / "b.png"), timeout=900)
+    out = r.stdout.decode()
+    print("\npyvmm bench idle (emulated arm64 host: pass/fail evidence, not performance figures)\n" + out)
+    assert r.returncode == 0, r.stderr.decode()
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines()[1:5]}
+    header = out.splitlines()[0]
+    assert "wfi/period" in header
+    col = header.split("  ")
+    assert set(rows) == {"default", "threshold=0", "threshold=100", "passthrough=wfi"}
+    # wfi/period is the 4th column (policy, runs, exits/s, wfi/period)
+    assert float(rows["threshold=0"][3]) >= 0.95 and float(rows["threshold=100"][3]) <= 0.05
+    assert float(rows["passthrough=wfi"][3]) <= 0.05, col
+
+
+def test_per_vm_request_refused_on_stock_kernel(stock, tmp_path):
+    for opts, cap in ((("--wfx-trap-threshold", "0"), "KVM_CAP_ARM_WFX_TRAP_RUNQUEUE_DEPTH"),
+                      (("--wfx-passthrough", "wfi"), "KVM_CAP_ARM_DISABLE_EXITS")):
+        r = run_idle(tmp_path, *opts, expect=69)
+        err = r.stderr.decode()
+        print(err)
+        assert err.count("\n") == 1 and err.startswith("pyvmm: error: "), err
+        assert f"lacks {cap}" in err and "kvm-arm.wfi_trap_policy=notrap (now:" in err and "--cap-number" in err
+        assert r.stdout == b""
+
+
+def test_allow_fallback_runs_on_stock_kernel(stock, tmp_path):
+    d = run_idle(tmp_path, "--wfx-trap-threshold", "0", "--allow-fallback")
+    assert d["policy"]["wfx_trap_threshold"] is None and "lacks" in d["policy"]["fallbacks"][0]
+    assert len(d["testdev_data"]) == N + 1
+
+
+def test_host_trap_policy_shows_in_probe_and_counts(stock, tmp_path):
+    r = run_pyvmm("probe", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    host = json.loads(r.stdout)["idle"]["host"]
+    d = run_idle(tmp_path)
+    if NOTRAP:
+        assert host["wfi_trap_policy"] == "notrap" and host["trap_policy_honoured"]
+        assert d["policy"]["exits"]["wfi"]["source"] == "host boot parameter"
+        assert wfi(d) <= 0.05 * N, d["vcpus"]
+        text = run_pyvmm("probe", timeout=120).stdout.decode()
+        assert "kvm-arm.wfi_trap_policy=notrap" in text
+    else:
+        assert host["wfi_trap_policy"] is None
+        assert wfi(d) >= 0.95 * N, d["vcpus"]  # stock default: WFI trapped (no GICv4 direct injection)
