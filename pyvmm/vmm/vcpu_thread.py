@@ -11,13 +11,11 @@ read with one struct unpack from the shared kvm_run page, and the bus answers fr
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import signal
 import struct
 import threading
 import traceback
-from enum import Enum
 from typing import TYPE_CHECKING, Callable
 
 from pyvmm_bindings import constants as c
@@ -29,8 +27,6 @@ from pyvmm.vmm.outcome import StopLatch, VmOutcome
 if TYPE_CHECKING:
     from pyvmm.devices.bus import Bus
     from pyvmm.kvm.vcpu import Vcpu
-
-log = logging.getLogger(__name__)
 
 KICK_SIGNAL = signal.SIGUSR1
 
@@ -45,7 +41,9 @@ UNPACK_LE = {1: struct.Struct("<B").unpack_from, 2: struct.Struct("<H").unpack_f
              4: struct.Struct("<I").unpack_from, 8: struct.Struct("<Q").unpack_from}
 
 
-class VcpuState(Enum):
+class VcpuState:
+    """The states of a vCPU thread (plain strings: the enum module is not worth its import time here)."""
+
     CREATED = "created"
     RUNNING = "running"
     PAUSED = "paused"
@@ -119,7 +117,9 @@ class VcpuThread(threading.Thread):
         try:
             self._loop()
         except Exception as err:  # a bug or a device failure: stop the VM and say where, never die silently
-            log.debug("vCPU %d crashed", self.vcpu.index, exc_info=True)
+            import logging  # only on this rare path: logging costs start-up time
+
+            logging.getLogger(__name__).debug("vCPU %d crashed", self.vcpu.index, exc_info=True)
             detail = "".join(traceback.format_exception_only(type(err), err)).strip()
             self.latch.set(VmOutcome(70, f"internal error on vCPU {self.vcpu.index}: {detail}", error=True))
         finally:

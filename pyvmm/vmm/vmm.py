@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from contextlib import ExitStack
@@ -17,8 +16,6 @@ from pyvmm.kvm.vm import Vm
 from pyvmm.vmm.console import ConsoleInput, ConsoleOutput
 from pyvmm.vmm.outcome import StopLatch, VmOutcome
 from pyvmm.vmm.vcpu_thread import VcpuThread, install_kick_handler
-
-log = logging.getLogger(__name__)
 
 
 class Vmm:
