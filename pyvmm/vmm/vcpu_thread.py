@@ -96,7 +96,7 @@ class VcpuThread(threading.Thread):
 
     def pause(self, timeout: float = 5.0) -> bool:
         """Take the vCPU out of KVM_RUN and keep it out until resume(); True once it is parked."""
-        if self.state is VcpuState.STOPPED:
+        if self.state == VcpuState.STOPPED:
             return False
         self._resume.clear()
         self._paused.clear()

@@ -93,14 +93,14 @@ def test_pause_resume_and_stop_a_running_vm():
     runner.start()
     try:
         deadline = time.monotonic() + 20
-        while not (vmm.threads and all(t.state is VcpuState.RUNNING for t in vmm.threads)):
+        while not (vmm.threads and all(t.state == VcpuState.RUNNING for t in vmm.threads)):
             assert time.monotonic() < deadline, "vCPUs never started"
             time.sleep(0.01)
         assert vmm.pause()
-        assert all(t.state is VcpuState.PAUSED for t in vmm.threads)
+        assert all(t.state == VcpuState.PAUSED for t in vmm.threads)
         vmm.resume()
         time.sleep(0.05)
-        assert all(t.state is VcpuState.RUNNING for t in vmm.threads)
+        assert all(t.state == VcpuState.RUNNING for t in vmm.threads)
         vmm.stop(VmOutcome(0, "stopped by the test"))
         runner.join(10)
         assert not runner.is_alive()
