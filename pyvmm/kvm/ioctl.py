@@ -6,6 +6,7 @@ the exit path; it also releases the GIL, so vCPU threads run KVM_RUN in parallel
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -28,6 +29,16 @@ def ioctl(fd: int, request: int, arg: Any = None) -> int:
         err = ffi.errno
         raise OSError(err, os.strerror(err))
     return result
+
+
+def check_extension(fd: int, cap: int) -> int:
+    """KVM_CHECK_EXTENSION on /dev/kvm or a VM fd: 0 when absent (or unknown to this kernel), else the cap's value."""
+    try:
+        return ioctl(fd, bindings.KVM_CHECK_EXTENSION, cap)
+    except OSError as err:
+        if err.errno == errno.EINVAL:
+            return 0
+        raise
 
 
 def new(ctype: str, init: Any = None) -> Any:

@@ -76,14 +76,9 @@ class Kvm:
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on /dev/kvm: 0 when absent (or unknown), else a cap-specific value."""
-        from pyvmm.kvm.ioctl import bindings, ioctl
+        from pyvmm.kvm.ioctl import check_extension
 
-        try:
-            return ioctl(self.fd, bindings.KVM_CHECK_EXTENSION, cap)
-        except OSError as err:
-            if err.errno == errno.EINVAL:
-                return 0
-            raise
+        return check_extension(self.fd, cap)
 
     def vcpu_mmap_size(self) -> int:
         from pyvmm.kvm.ioctl import bindings, ioctl

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import errno
 import os
 from typing import Any
 
 from pyvmm.errors import HostResourceError, KvmUnavailableError
-from pyvmm.kvm.ioctl import bindings, ffi, ioctl, new
+from pyvmm.kvm.ioctl import bindings, check_extension, ffi, ioctl, new
 from pyvmm.kvm.memory import GuestMemory, MemoryRegion, allocate
 from pyvmm.kvm.system import Kvm
 
@@ -35,12 +34,7 @@ class Vm:
     # -- capabilities -------------------------------------------------------------------------------------------
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd (the VM-specific answer); 0 when absent."""
-        try:
-            return ioctl(self.fd, bindings.KVM_CHECK_EXTENSION, cap)
-        except OSError as err:
-            if err.errno == errno.EINVAL:
-                return 0
-            raise
+        return check_extension(self.fd, cap)
 
     def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
         """KVM_ENABLE_CAP on the VM fd; raises OSError (EINVAL when the kernel does not know `cap`)."""

@@ -17,7 +17,7 @@ UART_PATH = f"/serial@{layout.UART:x}"
 
 def default_bootargs(user: str) -> str:
     """The user's command line, plus the console pyvmm provides unless the user chose one."""
-    extra = [] if "console=" in user else [f"console=ttyS0", "earlycon"]
+    extra = [] if "console=" in user else ["console=ttyS0", "earlycon"]
     return " ".join(part for part in [user.strip(), *extra] if part)
 
 
