@@ -86,8 +86,10 @@ def dispatch(req: Any, controller: Any, vmm: Any) -> dict:
         if cmd == "stats":
             return {"ok": True, "result": controller.sample()}
         if cmd == "state":
-            return {"ok": True, "result": {"vcpus": [{"index": t.vcpu.index, "state": t.state.value}
-                                                      for t in vmm.threads]}}
+            # VcpuState members are plain strings (or an Enum in older cores): report the name either way.
+            return {"ok": True, "result": {"vcpus": [{"index": t.vcpu.index,
+                                                      "state": str(getattr(t.state, "value", t.state))}
+                                                     for t in vmm.threads]}}
         if cmd == "pause":
             if not vmm.pause():
                 return {"ok": False, "error": "not every vCPU could be paused (some have stopped)"}

@@ -22,6 +22,9 @@ OPTIONS: list = [
                       "and pyvmm adds `console=hvc0 earlycon` unless -p names a console). Needs virtio_mmio and "
                       "virtio_console in the guest kernel."),
     click.option("--rng", is_flag=True, help="A virtio-rng device fed from the host's getrandom() (/dev/hwrng)."),
+    click.option("--vsock", "vsock", metavar="cid=N",
+                 help="A virtio-vsock device with guest CID N (3 or more), served by the host kernel's vhost-vsock "
+                      "(/dev/vhost-vsock; modprobe vhost_vsock). Host programs reach the guest at (N, port)."),
 ]
 
 
@@ -46,6 +49,8 @@ def setup(config: VmConfig, values: dict[str, Any]) -> DevicesArea:
 
     devices: list = [vc.parse_disk(text) for text in values.get("disks", ())]
     devices += [vc.parse_net(text) for text in values.get("nets", ())]
+    if values.get("vsock"):
+        devices.append(vc.parse_vsock(values["vsock"]))
     if values.get("rng"):
         devices.append(vc.RngConfig())
     if values.get("console_kind") == "virtio":

@@ -45,9 +45,8 @@ _POLICY_KEYS = ("wfx_trap_threshold", "wfx_passthrough", "halt_poll_ns", "idle_e
 
 
 def setup(config: VmConfig, values: dict[str, Any]) -> Any:
-    asked = any(values.get(k) for k in _POLICY_KEYS) or values.get("wfx_trap_threshold") is not None \
-        or values.get("halt_poll_ns") is not None
-    if not asked and not values.get("api_socket") and not values.get("stats_json"):
+    # Strings such as "0" are truthy, so an explicit threshold/halt-poll of 0 counts as asked for.
+    if not any(values.get(k) for k in _POLICY_KEYS + ("api_socket", "stats_json")):
         return NoHooks()
     return IdleArea(config, values)
 

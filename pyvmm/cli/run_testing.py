@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import os
 import re
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,7 @@ class ConsoleWatch:
                 self.marker_status = int(words[1]) & 0xFF
 
 
-class Testing:
+class TestingArea:
     def __init__(self, timeout: float | None, expect: re.Pattern | None, fail_on: re.Pattern | None,
                  command_mode: bool) -> None:
         self.timeout = timeout
@@ -159,6 +158,8 @@ class Testing:
                 return self.testdev_status
             if self.watch.marker_status is not None:
                 return self.watch.marker_status
+            if status != 0:
+                return status  # stopped from outside (SIGINT 130, SIGTERM 143): keep what says so
             click.echo(f"pyvmm: error: the guest ended without reporting the command's exit status "
                        f"({outcome.reason})", err=True)
             return EXIT_NO_STATUS
@@ -196,7 +197,7 @@ def _command_initrd(config: VmConfig, command: list[str], adds: tuple[str, ...],
     return path
 
 
-def setup(config: VmConfig, values: dict[str, Any]) -> Testing | NoHooks:
+def setup(config: VmConfig, values: dict[str, Any]) -> TestingArea | NoHooks:
     timeout = values.get("test_timeout")
     expect = values.get("test_expect")
     fail_on = values.get("test_fail_on")
@@ -207,7 +208,7 @@ def setup(config: VmConfig, values: dict[str, Any]) -> Testing | NoHooks:
         raise UsageError("--add and --busybox only apply to `pyvmm run --kernel Image -- CMD ARGS...`")
     if timeout is None and expect is None and fail_on is None and not command:
         return NoHooks()
-    area = Testing(timeout, expect, fail_on, command_mode=bool(command))
+    area = TestingArea(timeout, expect, fail_on, command_mode=bool(command))
     if command:
         area.initrd_path = _command_initrd(config, list(command), adds, busybox)
     return area

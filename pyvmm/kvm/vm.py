@@ -21,8 +21,13 @@ class Vm:
         self._next_slot = 0
         # cffi buffers handed to KVM must stay alive as long as KVM uses their addresses.
         self._pinned: list[Any] = []
+        # In-kernel device fds (vGIC, ...): each keeps the whole VM alive in the kernel until it is closed.
+        self._device_fds: list[int] = []
 
     def close(self) -> None:
+        for device_fd in self._device_fds:
+            os.close(device_fd)
+        self._device_fds.clear()
         if self.fd >= 0:
             os.close(self.fd)  # KVM drops its references to guest RAM with the VM
             self.fd = -1
@@ -112,6 +117,8 @@ class Vm:
         request.type = device_type
         request.flags = c.KVM_CREATE_DEVICE_TEST if test_only else 0
         ioctl(self.fd, bindings.KVM_CREATE_DEVICE, request)
+        if not test_only:
+            self._device_fds.append(request.fd)  # the VM owns it and closes it
         return request.fd
 
     def stats_fd(self) -> int:

@@ -10,11 +10,9 @@ the vCPUs, joins every thread pyvmm started and closes every fd it opened.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +100,7 @@ class Machine:
         self._log: Any = None
         self._run_serial = 0
         self._testdev: Any = None
+        self._stats: list[Any] = []  # StatsReaders: the VM's, then each vCPU's
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> "Machine":
@@ -132,7 +131,9 @@ class Machine:
             for area in self._areas:
                 area.attach(self._vmm)
             self._vmm.on_started.append(lambda vmm: self._started.set())
-            self._testdev = self._vmm.build().testdev
+            machine = self._vmm.build()
+            self._testdev = machine.testdev
+            self._open_stats(machine)
         except BaseException:
             self._close_resources()
             raise
@@ -166,7 +167,8 @@ class Machine:
             raise MachineError("wait() before start()")
         self._thread.join(timeout)
         if self._thread.is_alive():
-            raise ConsoleTimeout(f"the VM was still running after {timeout:g} s; console tail:\n{self.console.tail()}")
+            raise ConsoleTimeout(f"the VM was still running after {timeout:g} s; console tail:\n"
+                                 f"{self.console.tail()}")
         self._raise_error()
         return self.outcome
 
@@ -191,7 +193,24 @@ class Machine:
             error, self.error = self.error, None
             raise error
 
+    def _open_stats(self, machine: Any) -> None:
+        """Stats fds are taken now: KVM_GET_STATS_FD on a vCPU waits for its mutex, which KVM_RUN holds."""
+        from pyvmm.kvm.stats import StatsReader
+
+        try:
+            self._stats.append(StatsReader.from_object(machine.vm))
+            for vcpu in machine.vcpus:
+                self._stats.append(StatsReader.from_object(vcpu))
+        except OSError:
+            self._close_stats()  # a kernel without binary stats (< 5.14): stats() says so
+
+    def _close_stats(self) -> None:
+        readers, self._stats = self._stats, []
+        for reader in readers:
+            reader.close()
+
     def _close_resources(self) -> None:
+        self._close_stats()
         vmm, self._vmm = self._vmm, None
         if vmm is not None:
             vmm.close()  # the machine (VM, vCPU fds) if run() did not tear it down, and /dev/kvm
@@ -229,7 +248,7 @@ class Machine:
         The output is what the console shows between the echoed command line and a unique end marker.
         """
         self._run_serial += 1
-        tag = f"PYVMM-RUN-{os.getpid()}-{self._run_serial}"
+        tag = f"PYVMM-RUN-{self._run_serial}"  # short: a typed line longer than the terminal gets redrawn
         # The marker is split in the typed line ('"A""B"') so the echo of the command itself never matches.
         half = len(tag) // 2
         self.console.send(f'{command}; echo "{tag[:half]}""{tag[half:]}" $?')
@@ -243,20 +262,12 @@ class Machine:
 
     def stats(self) -> dict[str, Any]:
         """KVM's binary statistics now: {"vm": {...}, "vcpus": [{...}, ...]} (natural units, histograms as such)."""
-        from pyvmm.kvm.stats import StatsReader
-
-        vmm = self._vmm
-        machine = vmm.machine if vmm is not None else None
-        if machine is None:
+        if not self.running:
             raise MachineError("stats() needs a running VM")
-        result: dict[str, Any] = {}
-        with StatsReader.from_object(machine.vm) as reader:
-            result["vm"] = reader.snapshot().values()
-        result["vcpus"] = []
-        for vcpu in machine.vcpus:
-            with StatsReader.from_object(vcpu) as reader:
-                result["vcpus"].append(reader.snapshot().values())
-        return result
+        if not self._stats:
+            raise MachineError("this kernel has no binary statistics (KVM_GET_STATS_FD, Linux 5.14+)")
+        vm, *vcpus = self._stats
+        return {"vm": vm.snapshot().values(), "vcpus": [reader.snapshot().values() for reader in vcpus]}
 
     @property
     def testdev_data(self) -> list[int]:

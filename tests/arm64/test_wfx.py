@@ -20,6 +20,10 @@ from tests.conftest import run_pyvmm
 
 IDLE = str(pyvmm_guests.path("arm64", "idle"))
 N = 100
+# Timer period in microseconds. Measured in this lane: at 2 ms the emulated L2 often reaches its WFI after the
+# deadline (the WFI then completes without waiting, so it cannot trap: only 12-23 of 50 trapped, whatever the
+# policy); from 10 ms on, 48-50 of 50 WFIs block. 20 ms keeps every WFI a blocking one.
+PERIOD_US = 20000
 APPEND = os.environ.get("PYVMM_LANE_APPEND", "")
 NOTRAP = "kvm-arm.wfi_trap_policy=notrap" in APPEND
 
@@ -42,8 +46,8 @@ def stock(lane_host_kernel):
 
 def run_idle(tmp_path, *opts, n=N, expect=0):
     out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.json"
-    r = run_pyvmm("run", "--no-stdin", "-k", IDLE, "--guest-arg", str(n), "--stats-json", str(out), *opts,
-                  timeout=240)
+    r = run_pyvmm("run", "--no-stdin", "-k", IDLE, "--guest-arg", str(n), "--guest-arg", str(PERIOD_US),
+                  "--stats-json", str(out), *opts, timeout=240)
     assert r.returncode == expect, r.stderr.decode()
     return json.loads(out.read_text()) if expect == 0 else r
 
@@ -75,7 +79,8 @@ def live_vm(tmp_path):
     def start(*opts):
         sock = tmp_path / "vm.sock"
         proc = subprocess.Popen([sys.executable, "-m", "pyvmm", "run", "--no-stdin", "-k", IDLE,
-                                 "--guest-arg", "1000000", "--api-socket", str(sock), *opts],
+                                 "--guest-arg", "1000000", "--guest-arg", str(PERIOD_US), "--api-socket", str(sock),
+                                 *opts],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         procs.append(proc)
         deadline = time.monotonic() + 120
@@ -94,7 +99,7 @@ def live_vm(tmp_path):
         p.wait(30)
 
 
-def window(c, seconds=2.0):
+def window(c, seconds=3.0):
     """(timer periods, trapped WFIs) over a window; each period ends with one DATA write = one user MMIO exit."""
     a = c.request("stats")["vcpus"][0]["stats"]
     time.sleep(seconds)
@@ -111,7 +116,7 @@ def test_threshold_changed_through_the_socket_takes_effect(custom, live_vm):
             time.sleep(0.2)  # takes effect at each vCPU's next load
             periods, traps = window(c)
             seen.append((threshold, periods, traps))
-            assert periods >= 20, seen
+            assert periods >= 10, seen
         print(f"threshold, periods, trapped WFIs per window: {seen}")
         (_, p1, t1), (_, p2, t2), (_, p3, t3) = seen
         assert t1 <= 0.05 * p1 and t2 >= 0.95 * p2 and t3 <= 0.05 * p3, seen
@@ -126,7 +131,7 @@ def test_wfi_passthrough_cannot_be_cleared(custom, live_vm):
         with pytest.raises(RefusedError, match="one-way"):
             c.request("set", wfx_passthrough=[])
         assert c.request("policy") == before
-        periods, traps = window(c, 1.0)
+        periods, traps = window(c)
         assert periods > 0 and traps <= 0.05 * periods and proc.poll() is None
         # Adding WFE to WFI is allowed (bits can only be added).
         assert c.request("set", wfx_passthrough=["wfi", "wfe"])["wfx_passthrough"] == ["wfe", "wfi"]
@@ -135,20 +140,23 @@ def test_wfi_passthrough_cannot_be_cleared(custom, live_vm):
 
 
 def test_bench_idle_table(custom, tmp_path):
-    pytest.importorskip("matplotlib")
-    r = run_pyvmm("bench", "idle", "--repeat", "2", "--periods", "100", "--csv", str(tmp_path / "b.csv"),
-                  "--plot", str(tmp_path / "b.png"), timeout=900)
+    import importlib.util
+
+    # matplotlib is in the [bench] extra, which the lane does not install: plot only where it exists.
+    plot = ("--plot", str(tmp_path / "b.png")) if importlib.util.find_spec("matplotlib") else ()
+    r = run_pyvmm("bench", "idle", "--repeat", "2", "--periods", "50", "--period-us", str(PERIOD_US),
+                  "--csv", str(tmp_path / "b.csv"), *plot, timeout=900)
     out = r.stdout.decode()
     print("\npyvmm bench idle (emulated arm64 host: pass/fail evidence, not performance figures)\n" + out)
     assert r.returncode == 0, r.stderr.decode()
-    rows = {ln.split()[0]: ln.split() for ln in out.splitlines()[1:5]}
-    header = out.splitlines()[0]
-    assert "wfi/period" in header
-    col = header.split("  ")
-    assert set(rows) == {"default", "threshold=0", "threshold=100", "passthrough=wfi"}
-    # wfi/period is the 4th column (policy, runs, exits/s, wfi/period)
-    assert float(rows["threshold=0"][3]) >= 0.95 and float(rows["threshold=100"][3]) <= 0.05
-    assert float(rows["passthrough=wfi"][3]) <= 0.05, col
+    import csv
+
+    rows = {row["policy"]: row for row in csv.DictReader((tmp_path / "b.csv").open())}
+    assert list(rows) == ["default", "threshold=0", "threshold=100", "passthrough=wfi"]
+    wfi_per_period = {k: float(v["wfi/period"]) for k, v in rows.items()}
+    assert wfi_per_period["threshold=0"] >= 0.95 and wfi_per_period["default"] >= 0.95, wfi_per_period
+    assert wfi_per_period["threshold=100"] <= 0.05 and wfi_per_period["passthrough=wfi"] <= 0.05, wfi_per_period
+    assert all(float(v["wake median us"]) > 0 for v in rows.values())
 
 
 def test_per_vm_request_refused_on_stock_kernel(stock, tmp_path):

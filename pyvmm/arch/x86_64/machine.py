@@ -59,6 +59,15 @@ def build(ctx: MachineContext) -> Machine:
         testdev = TestDevice(ctx.on_guest_exit, config.guest_args)
         pio_bus.register(layout.TESTDEV_PORT, TESTDEV_SIZE, testdev)
 
+        # -- virtio devices (pyvmm/devices/virtio/setup.py): virtio-mmio slots from layout.MMIO_START, IOAPIC GSIs
+        # 16 + n. A Linux guest finds them through `virtio_mmio.device=0x200@<base>:<gsi>` on its command line
+        # (VirtioDevices.kernel_params()); no Linux boots on x86_64 here, so nothing adds them automatically yet.
+        if config.devices:
+            from pyvmm.devices.virtio import setup as virtio_setup
+
+            virtio_setup.attach_x86_64(vm, mmio_bus, config.devices, ctx.console_output)
+        # -- end of virtio devices ---------------------------------------------------------------------------------
+
         load_addr = boot.load_payload(vm, payload)
         for index in range(config.cpus):
             vcpu = Vcpu(vm, index)
@@ -67,6 +76,10 @@ def build(ctx: MachineContext) -> Machine:
         # vCPU 0 is the bootstrap processor; the others wait for INIT/SIPI in the in-kernel LAPIC.
         boot.set_real_mode_entry(vcpus[0])
     except BaseException:
+        if config.devices:  # virtio: stop device workers before the VM's memory goes away
+            from pyvmm.devices.virtio.setup import stop_for
+
+            stop_for(vm)
         for vcpu in vcpus:
             vcpu.close()
         vm.close()

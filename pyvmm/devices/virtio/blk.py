@@ -114,8 +114,9 @@ class Block(VirtioDeviceBase):
                 raise MissingFileError(f"--disk {path} is {size} bytes: smaller than one 512-byte sector")
             self.capacity = size // SECTOR  # a partial last sector is not addressable, as in other VMMs
             writable = not config.read_only
-            self.can_discard = writable and stat.S_ISREG(info.st_mode) and _supports(self.fd, FALLOC_FL_PUNCH_HOLE, size)
-            self.can_zero_range = writable and stat.S_ISREG(info.st_mode) and _supports(self.fd, FALLOC_FL_ZERO_RANGE, size)
+            regular = writable and stat.S_ISREG(info.st_mode)
+            self.can_discard = regular and _supports(self.fd, FALLOC_FL_PUNCH_HOLE, size)
+            self.can_zero_range = regular and _supports(self.fd, FALLOC_FL_ZERO_RANGE, size)
         except BaseException:
             os.close(self.fd)
             raise

@@ -38,7 +38,14 @@ class RngConfig:
     """virtio-rng fed from the host's getrandom()."""
 
 
-DeviceConfig = DiskConfig | NetConfig | ConsoleDeviceConfig | RngConfig
+@dataclass
+class VsockConfig:
+    """virtio-vsock through the host's vhost-vsock: cid is the guest's address."""
+
+    cid: int
+
+
+DeviceConfig = DiskConfig | NetConfig | ConsoleDeviceConfig | RngConfig | VsockConfig
 
 
 def _fields(option: str, text: str) -> tuple[str, dict[str, str], set[str]]:
@@ -81,6 +88,20 @@ def parse_net(text: str) -> NetConfig:
     return NetConfig(tap=keyed["tap"], mac=keyed.get("mac"))
 
 
+def parse_vsock(text: str) -> VsockConfig:
+    """`cid=N` (N >= 3: 0-2 are reserved for the hypervisor, the host and local)."""
+    head, keyed, flags = _fields("--vsock", text)
+    if "=" in head:
+        key, value = head.split("=", 1)
+        keyed[key.strip()] = value.strip()
+    if flags or set(keyed) != {"cid"}:
+        raise UsageError(f"--vsock {text!r}: expected cid=N")
+    try:
+        return VsockConfig(int(keyed["cid"], 0))
+    except ValueError:
+        raise UsageError(f"--vsock {text!r}: cid must be a number") from None
+
+
 def validate_devices(devices: list) -> None:
     disks = [d for d in devices if isinstance(d, DiskConfig)]
     for disk in disks:
@@ -100,6 +121,9 @@ def validate_devices(devices: list) -> None:
                 raise UsageError(f"--net mac={net.mac}: expected six hex bytes like 52:54:00:12:34:56")
             if int(net.mac[:2], 16) & 1:
                 raise UsageError(f"--net mac={net.mac} is a multicast address: the first byte must be even")
-    for kind in (ConsoleDeviceConfig, RngConfig):
+    for vsock in (d for d in devices if isinstance(d, VsockConfig)):
+        if not 3 <= vsock.cid < 0xFFFF_FFFF:
+            raise UsageError(f"--vsock cid={vsock.cid}: guest CIDs are 3 to 4294967294 (0-2 are reserved)")
+    for kind in (ConsoleDeviceConfig, RngConfig, VsockConfig):
         if sum(isinstance(d, kind) for d in devices) > 1:
             raise UsageError(f"only one {kind.__doc__.split(':')[0].strip().rstrip('.')} device is supported")

@@ -15,6 +15,7 @@ class VirtioDeviceBase:
 
     def __init__(self) -> None:
         self.transport: MmioTransport | None = None
+        self.worker = None  # the DeviceWorker serving this device, for devices that (un)watch host fds
 
     def config_space(self) -> bytes:
         return b""

@@ -43,8 +43,8 @@ class VirtioDevices:
         """arm64 device-tree nodes, one per slot (devicetree.MmioDeviceNode)."""
         from pyvmm.arch.arm64.devicetree import MmioDeviceNode
 
-        return [MmioDeviceNode("virtio_mmio", s.base, MMIO_SIZE, ["virtio,mmio"], spi=s.irq, extra={"dma-coherent": True})
-                for s in self.slots]
+        return [MmioDeviceNode("virtio_mmio", s.base, MMIO_SIZE, ["virtio,mmio"], spi=s.irq,
+                               extra={"dma-coherent": True}) for s in self.slots]
 
     def kernel_params(self) -> list[str]:
         """x86_64: the `virtio_mmio.device=<size>@<base>:<irq>` parameters Linux needs to find the slots."""
@@ -77,7 +77,8 @@ def devices_of(vm) -> VirtioDevices | None:
     return _ACTIVE.get(id(vm))
 
 
-def make_device(spec: vc.DeviceConfig, index: int, console_output: Callable[[bytes], None]) -> VirtioDeviceBase:
+def make_device(spec: vc.DeviceConfig, index: int, console_output: Callable[[bytes], None],
+                memory=None) -> VirtioDeviceBase:
     if isinstance(spec, vc.DiskConfig):
         from pyvmm.devices.virtio.blk import Block
 
@@ -94,6 +95,10 @@ def make_device(spec: vc.DeviceConfig, index: int, console_output: Callable[[byt
         from pyvmm.devices.virtio.net import Net
 
         return Net(spec, index)
+    if isinstance(spec, vc.VsockConfig):
+        from pyvmm.devices.virtio.vsock import Vsock
+
+        return Vsock(spec, memory)
     raise UsageError(f"unknown virtio device configuration {spec!r}")
 
 
@@ -114,7 +119,7 @@ def attach(vm, mmio_bus: Bus, specs: list, console_output: Callable[[bytes], Non
     """Build and wire every configured device. Order: disks first (vda, vdb, ...), then net, rng, console."""
     if len(specs) > slots:
         raise UsageError(f"{len(specs)} virtio devices asked for: this machine has {slots} virtio-mmio slots")
-    order = (vc.DiskConfig, vc.NetConfig, vc.RngConfig, vc.ConsoleDeviceConfig)
+    order = (vc.DiskConfig, vc.NetConfig, vc.RngConfig, vc.ConsoleDeviceConfig, vc.VsockConfig)
     ordered = sorted(specs, key=lambda s: order.index(type(s)))
     devices = VirtioDevices()
     _ACTIVE[id(vm)] = devices
@@ -122,7 +127,7 @@ def attach(vm, mmio_bus: Bus, specs: list, console_output: Callable[[bytes], Non
     for n, spec in enumerate(ordered):
         kind_index = counts.get(type(spec), 0)
         counts[type(spec)] = kind_index + 1
-        device = make_device(spec, kind_index, console_output)
+        device = make_device(spec, kind_index, console_output, vm.memory)
         slot_base = base + n * stride
         line_irq = line_of(n)
         try:
@@ -132,20 +137,27 @@ def attach(vm, mmio_bus: Bus, specs: list, console_output: Callable[[bytes], Non
             raise
         transport = MmioTransport(device, vm.memory, interrupt)
         worker = DeviceWorker(device.name)
+        device.worker = worker
         devices.slots.append(Slot(n, slot_base, irq_of(n), device, transport, worker, interrupt))
         mmio_bus.register(slot_base, MMIO_SIZE, transport)
+        in_kernel = getattr(device, "vhost_queues", ())  # vhost reads those eventfds itself
         for q, fd in enumerate(transport.notify_fds):
             try:
                 vm.ioeventfd(fd, slot_base + MMIO_QUEUE_NOTIFY, 4, datamatch=q)
             except OSError as err:  # QueueNotify then exits to userspace and `write` forwards it to the worker
                 log.info("%s: KVM_IOEVENTFD refused (%s): notifications exit to userspace", device.name, err.strerror)
+            if q in in_kernel:
+                continue
             worker.watch(fd, lambda q=q, t=transport, d=device: guarded(t, f"queue {q}", d.notify, q),
                          drain_eventfd=True)
         if interrupt.resample_fd is not None:
             worker.watch(interrupt.resample_fd, transport.resample, drain_eventfd=True)
         for fd, callback in device.watched_fds():
-            worker.watch(fd, lambda c=callback, t=transport: guarded(t, "host input", c))
+            worker.watch(fd, lambda c=callback, t=transport, w=f"{device.name} host input": guarded(t, w, c))
         worker.start()
+        log.debug("%s: virtio-mmio at %#x, irq %d via %s, %d queue(s)", device.name, slot_base, irq_of(n),
+                  "KVM_IRQFD+resamplefd" if isinstance(interrupt, IrqfdInterrupt) else "KVM_IRQ_LINE",
+                  len(transport.queues))
     return devices
 
 

@@ -167,6 +167,8 @@ class Virtqueue:
     # -- the available ring -------------------------------------------------------------------------------------
     def pending(self) -> int:
         """How many chains the driver has made available that the device has not taken yet."""
+        if self.event_idx:
+            self._fence()  # our avail_event store before this load: else a notification could be missed
         avail_idx = self._read(self.avail + 2, 2)
         count = (avail_idx - self.last_avail) & 0xFFFF
         if count > self.size:
@@ -203,7 +205,8 @@ class Virtqueue:
         while True:
             seen += 1
             if seen > table_size:
-                raise VirtqueueError(f"descriptor chain from head {head} is longer than its table ({table_size}): a loop")
+                raise VirtqueueError(f"descriptor chain from head {head} is longer than its table ({table_size}): "
+                                     f"a loop")
             addr, length, flags, nxt = self._descriptor(table, index)
             if flags & DESC_F_INDIRECT:
                 if in_indirect:
@@ -213,7 +216,8 @@ class Virtqueue:
                 if flags & DESC_F_NEXT:
                     raise VirtqueueError("a descriptor has both INDIRECT and NEXT")
                 if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
-                    raise VirtqueueError(f"indirect table length {length} is not a multiple of 16 in 16..{16 * MAX_QUEUE_SIZE}")
+                    raise VirtqueueError(f"indirect table length {length} is not a multiple of 16 in "
+                                         f"16..{16 * MAX_QUEUE_SIZE}")
                 try:
                     self.memory.view(addr, length)
                 except GuestMemoryError as err:
