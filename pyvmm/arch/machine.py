@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from pyvmm.config import VmConfig
 from pyvmm.devices.bus import Bus
@@ -40,8 +40,13 @@ class Machine:
     on_system_event: Callable[[int, int], VmOutcome | None] | None = None
     dtb: bytes | None = None
     description: dict = field(default_factory=dict)  # what was loaded where, for --debug and the docs
+    virtio: Any = None  # pyvmm.devices.virtio.setup.VirtioDevices when the VM has virtio devices
+    console_input: Callable[[bytes], None] | None = None  # where typed input goes; None: the UART
 
     def close(self) -> None:
+        if self.virtio is not None:  # device workers use guest RAM: they stop before it is unmapped
+            self.virtio.close()
+            self.virtio = None
         for vcpu in self.vcpus:
             vcpu.close()
         self.vm.close()

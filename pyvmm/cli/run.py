@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -63,6 +62,8 @@ def run(kernel, initrd, cmdline, memory, cpus, guest_args, irqchip, on_reboot, d
     Ctrl-a x quits when stdin is a terminal.
     """
     if debug:
+        import logging
+
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="pyvmm: %(name)s: %(message)s")
     from pyvmm.vmm.console import ConsoleOutput
     from pyvmm.vmm.vmm import Vmm

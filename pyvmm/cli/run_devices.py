@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from pyvmm.cli.areas import NoHooks
 from pyvmm.config import VmConfig
 
 OPTIONS: list = [
@@ -28,23 +29,7 @@ OPTIONS: list = [
 ]
 
 
-class DevicesArea:
-    def attach(self, vmm: Any) -> None:
-        vmm.on_finished.append(self._stop_devices)
-
-    @staticmethod
-    def _stop_devices(vmm: Any, outcome: Any) -> None:
-        # The device workers use guest RAM: they must stop before the machine is torn down.
-        if vmm.machine is not None:
-            from pyvmm.devices.virtio.setup import stop_for
-
-            stop_for(vmm.machine.vm)
-
-    def finish(self, vmm: Any, outcome: Any, status: int) -> int:
-        return status
-
-
-def setup(config: VmConfig, values: dict[str, Any]) -> DevicesArea:
+def setup(config: VmConfig, values: dict[str, Any]) -> NoHooks:
     from pyvmm.devices.virtio import config as vc
 
     devices: list = [vc.parse_disk(text) for text in values.get("disks", ())]
@@ -58,4 +43,4 @@ def setup(config: VmConfig, values: dict[str, Any]) -> DevicesArea:
         if "console=" not in config.cmdline:
             config.cmdline = f"{config.cmdline} console=hvc0 earlycon".strip()
     config.devices = devices
-    return DevicesArea()
+    return NoHooks()  # the devices live and die with the machine (Machine.close stops them)

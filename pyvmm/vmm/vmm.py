@@ -99,7 +99,7 @@ class Vmm:
             ]
             console_in = None
             if self.config.console.stdin:
-                console_in = ConsoleInput(machine.uart.feed, self._quit_from_console)
+                console_in = ConsoleInput(machine.console_input or machine.uart.feed, self._quit_from_console)
                 console_in.start()
                 cleanup.callback(console_in.close)
             for thread in self.threads:

@@ -54,6 +54,9 @@ class ModelMemory:
     def read(self, gpa: int, length: int) -> bytes:
         return bytes(self.view(gpa, length))
 
+    def contains(self, gpa: int, length: int) -> bool:
+        return gpa >= 0 and length >= 0 and self.inside(gpa, length)
+
     def inside(self, gpa: int, length: int) -> bool:
         return any(base <= gpa and gpa + length <= base + len(data) for base, data in self.regions)
 

@@ -34,6 +34,7 @@ def build(ctx: MachineContext) -> Machine:
 
     vm = Vm(ctx.kvm)
     vcpus: list[Vcpu] = []
+    virtio = None
     try:
         for hook in ctx.before_vcpus:
             hook(vm)
@@ -58,7 +59,8 @@ def build(ctx: MachineContext) -> Machine:
         if config.devices:
             from pyvmm.devices.virtio import setup as virtio_setup
 
-            virtio_nodes = virtio_setup.attach_arm64(vm, mmio_bus, config.devices, ctx.console_output).device_nodes()
+            virtio = virtio_setup.attach_arm64(vm, mmio_bus, config.devices, ctx.console_output)
+            virtio_nodes = virtio.device_nodes()
         # -- end of virtio devices ---------------------------------------------------------------------------------
 
         vm.memory.write(placement.kernel, kernel.data)
@@ -81,16 +83,15 @@ def build(ctx: MachineContext) -> Machine:
                 raise MissingFileError(f"cannot write --dump-dtb {config.dtb_dump}: {err.strerror}") from None
         vcpu_setup.set_boot_registers(vcpus[0], placement.kernel, placement.dtb)
     except BaseException:
-        if config.devices:  # virtio: stop device workers before the VM's memory goes away
-            from pyvmm.devices.virtio.setup import stop_for
-
-            stop_for(vm)
+        if virtio is not None:  # device workers use guest RAM: stop them before the VM's memory goes away
+            virtio.close()
         for vcpu in vcpus:
             vcpu.close()
         vm.close()
         raise
     return Machine(
         arch=ARCH, vm=vm, vcpus=vcpus, mmio_bus=mmio_bus, pio_bus=None, uart=uart, testdev=testdev, dtb=dtb,
+        virtio=virtio, console_input=virtio.console_input() if virtio is not None else None,
         description={"kernel": str(path), "kernel_address": placement.kernel, "dtb_address": placement.dtb,
                      "initrd_address": placement.initrd, "gic": f"v{interrupt_controller.version}"},
     )

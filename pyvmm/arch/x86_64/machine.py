@@ -45,6 +45,7 @@ def build(ctx: MachineContext) -> Machine:
 
     vm = Vm(ctx.kvm)
     vcpus: list[Vcpu] = []
+    virtio = None
     try:
         _set_system_pages(vm)
         irqchip.create(vm)
@@ -65,7 +66,7 @@ def build(ctx: MachineContext) -> Machine:
         if config.devices:
             from pyvmm.devices.virtio import setup as virtio_setup
 
-            virtio_setup.attach_x86_64(vm, mmio_bus, config.devices, ctx.console_output)
+            virtio = virtio_setup.attach_x86_64(vm, mmio_bus, config.devices, ctx.console_output)
         # -- end of virtio devices ---------------------------------------------------------------------------------
 
         load_addr = boot.load_payload(vm, payload)
@@ -76,15 +77,14 @@ def build(ctx: MachineContext) -> Machine:
         # vCPU 0 is the bootstrap processor; the others wait for INIT/SIPI in the in-kernel LAPIC.
         boot.set_real_mode_entry(vcpus[0])
     except BaseException:
-        if config.devices:  # virtio: stop device workers before the VM's memory goes away
-            from pyvmm.devices.virtio.setup import stop_for
-
-            stop_for(vm)
+        if virtio is not None:  # device workers use guest RAM: stop them before the VM's memory goes away
+            virtio.close()
         for vcpu in vcpus:
             vcpu.close()
         vm.close()
         raise
     return Machine(
         arch=ARCH, vm=vm, vcpus=vcpus, mmio_bus=mmio_bus, pio_bus=pio_bus, uart=uart, testdev=testdev,
+        virtio=virtio, console_input=virtio.console_input() if virtio is not None else None,
         description={"payload": str(path), "load_address": load_addr, "entry": "real mode 1000:0000"},
     )

@@ -2,7 +2,7 @@
 queue notifications (KVM_IOEVENTFD on QueueNotify, datamatch = queue index) and its interrupt (KVM_IRQFD with a
 resamplefd, or KVM_IRQ_LINE), and start one worker thread per device.
 
-The devices of a VM are stopped with `stop_for(vm)` before the VM's memory goes away (pyvmm.cli.run_devices
+The devices of a VM are stopped by `Machine.close()` (VirtioDevices.close) before the VM's memory goes away (
 registers it as a Vmm.on_finished hook; machine builders call it when a build fails).
 """
 
@@ -53,6 +53,13 @@ class VirtioDevices:
     def find(self, kind: type) -> list[VirtioDeviceBase]:
         return [s.device for s in self.slots if isinstance(s.device, kind)]
 
+    def console_input(self) -> Callable[[bytes], None] | None:
+        """Where typed input goes when the guest's console is a virtio console (hvc0), else None."""
+        from pyvmm.devices.virtio.console import Console
+
+        consoles = self.find(Console)
+        return consoles[0].feed if consoles else None
+
     def close(self) -> None:
         for slot in self.slots:
             slot.worker.close()
@@ -61,20 +68,6 @@ class VirtioDevices:
             slot.interrupt.close()
             slot.transport.close()
         self.slots.clear()
-
-
-_ACTIVE: dict[int, VirtioDevices] = {}
-
-
-def stop_for(vm) -> None:
-    """Stop and close the virtio devices of `vm` (idempotent). Must run before the VM's memory is unmapped."""
-    devices = _ACTIVE.pop(id(vm), None)
-    if devices is not None:
-        devices.close()
-
-
-def devices_of(vm) -> VirtioDevices | None:
-    return _ACTIVE.get(id(vm))
 
 
 def make_device(spec: vc.DeviceConfig, index: int, console_output: Callable[[bytes], None],
@@ -122,7 +115,17 @@ def attach(vm, mmio_bus: Bus, specs: list, console_output: Callable[[bytes], Non
     order = (vc.DiskConfig, vc.NetConfig, vc.RngConfig, vc.ConsoleDeviceConfig, vc.VsockConfig)
     ordered = sorted(specs, key=lambda s: order.index(type(s)))
     devices = VirtioDevices()
-    _ACTIVE[id(vm)] = devices
+    try:
+        _attach_all(vm, mmio_bus, ordered, console_output, devices, base, stride, irq_of, gsi_of, line_of)
+    except BaseException:
+        devices.close()  # the ones already running use guest RAM: stop them before the caller unmaps it
+        raise
+    return devices
+
+
+def _attach_all(vm, mmio_bus: Bus, ordered: list, console_output: Callable[[bytes], None], devices: VirtioDevices,
+                base: int, stride: int, irq_of: Callable[[int], int], gsi_of: Callable[[int], int],
+                line_of: Callable[[int], int]) -> None:
     counts: dict[type, int] = {}
     for n, spec in enumerate(ordered):
         kind_index = counts.get(type(spec), 0)
@@ -158,7 +161,6 @@ def attach(vm, mmio_bus: Bus, specs: list, console_output: Callable[[bytes], Non
         log.debug("%s: virtio-mmio at %#x, irq %d via %s, %d queue(s)", device.name, slot_base, irq_of(n),
                   "KVM_IRQFD+resamplefd" if isinstance(interrupt, IrqfdInterrupt) else "KVM_IRQ_LINE",
                   len(transport.queues))
-    return devices
 
 
 def attach_arm64(vm, mmio_bus: Bus, specs: list, console_output: Callable[[bytes], None]) -> VirtioDevices:

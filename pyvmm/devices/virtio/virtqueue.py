@@ -34,6 +34,8 @@ class Memory(Protocol):
 
     def view(self, gpa: int, length: int) -> memoryview: ...
 
+    def contains(self, gpa: int, length: int) -> bool: ...
+
     def read_int(self, gpa: int, size: int) -> int: ...
 
     def write_int(self, gpa: int, size: int, value: int) -> None: ...
@@ -189,17 +191,22 @@ class Virtqueue:
             self._write(self.used + 4 + 8 * self.size, 2, self.last_avail)
         return chain
 
-    def _descriptor(self, table: int, index: int) -> tuple[int, int, int, int]:
+    def _table(self, addr: int, entries: int, what: str) -> memoryview:
         try:
-            return DESC.unpack(self.memory.view(table + 16 * index, 16))
+            return self.memory.view(addr, 16 * entries)
         except GuestMemoryError as err:
-            raise VirtqueueError(str(err)) from None
+            raise VirtqueueError(f"{what}: {err}") from None
 
     def _walk(self, head: int) -> Chain:
+        # Hot path (one pass per request): one view per descriptor table, bounds checks without creating views.
         if head >= self.size:
             raise VirtqueueError(f"head index {head} is outside the queue of {self.size}")
         chain = Chain(head)
-        table, table_size, index = self.desc, self.size, head
+        readable, writable = chain.readable, chain.writable
+        contains = self.memory.contains
+        unpack = DESC.unpack_from
+        table_size, index = self.size, head
+        table = self._table(self.desc, table_size, "descriptor table")
         seen = 0
         in_indirect = False
         while True:
@@ -207,7 +214,7 @@ class Virtqueue:
             if seen > table_size:
                 raise VirtqueueError(f"descriptor chain from head {head} is longer than its table ({table_size}): "
                                      f"a loop")
-            addr, length, flags, nxt = self._descriptor(table, index)
+            addr, length, flags, nxt = unpack(table, 16 * index)
             if flags & DESC_F_INDIRECT:
                 if in_indirect:
                     raise VirtqueueError("an indirect table points to another indirect table")
@@ -218,22 +225,17 @@ class Virtqueue:
                 if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
                     raise VirtqueueError(f"indirect table length {length} is not a multiple of 16 in "
                                          f"16..{16 * MAX_QUEUE_SIZE}")
-                try:
-                    self.memory.view(addr, length)
-                except GuestMemoryError as err:
-                    raise VirtqueueError(f"indirect table: {err}") from None
-                table, table_size, index, seen, in_indirect = addr, length // 16, 0, 0, True
+                table_size, index, seen, in_indirect = length // 16, 0, 0, True
+                table = self._table(addr, table_size, "indirect table")
                 continue
-            try:
-                self.memory.view(addr, length)
-            except GuestMemoryError as err:
-                raise VirtqueueError(f"descriptor {index}: {err}") from None
+            if not contains(addr, length):
+                raise VirtqueueError(f"descriptor {index}: buffer {addr:#x}+{length:#x} is outside guest RAM")
             if flags & DESC_F_WRITE:
-                chain.writable.append((addr, length))
-            elif chain.writable:
+                writable.append((addr, length))
+            elif writable:
                 raise VirtqueueError("a device-readable buffer follows a device-writable one")
             else:
-                chain.readable.append((addr, length))
+                readable.append((addr, length))
             if not flags & DESC_F_NEXT:
                 return chain
             if nxt >= table_size:
