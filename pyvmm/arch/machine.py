@@ -44,12 +44,17 @@ class Machine:
     console_input: Callable[[bytes], None] | None = None  # where typed input goes; None: the UART
 
     def close(self) -> None:
-        if self.virtio is not None:  # device workers use guest RAM: they stop before it is unmapped
-            self.virtio.close()
-            self.virtio = None
-        for vcpu in self.vcpus:
-            vcpu.close()
-        self.vm.close()
+        discard(self.vm, self.vcpus, self.virtio)
+        self.virtio = None
+
+
+def discard(vm: Vm, vcpus: list[Vcpu], virtio: Any = None) -> None:
+    """Tear down a machine, whole or half-built: devices first (their workers use guest RAM), vCPUs, then the VM."""
+    if virtio is not None:
+        virtio.close()
+    for vcpu in vcpus:
+        vcpu.close()
+    vm.close()
 
 
 def read_image(path: os.PathLike | str, what: str = "kernel", limit: int = 1 << 31) -> bytes:

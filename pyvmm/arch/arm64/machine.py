@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pyvmm.arch.arm64 import boot, devicetree, gic, image, layout, vcpu_setup
-from pyvmm.arch.machine import Machine, MachineContext, read_image
+from pyvmm.arch.machine import Machine, MachineContext, discard, read_image
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.testdev import TestDevice
-from pyvmm.errors import MissingFileError
+from pyvmm.errors import MissingFileError, UsageError
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 
@@ -74,7 +74,8 @@ def build(ctx: MachineContext) -> Machine:
             devices=virtio_nodes,
         )
         if len(dtb) > layout.DTB_MAX_SIZE:
-            raise MissingFileError(f"the generated device tree is {len(dtb)} bytes, over the 2 MiB the protocol allows")
+            raise UsageError(f"the generated device tree is {len(dtb)} bytes, over the 2 MiB the boot protocol allows: "
+                             f"configure fewer devices")
         vm.memory.write(placement.dtb, dtb)
         if config.dtb_dump is not None:
             try:
@@ -83,11 +84,7 @@ def build(ctx: MachineContext) -> Machine:
                 raise MissingFileError(f"cannot write --dump-dtb {config.dtb_dump}: {err.strerror}") from None
         vcpu_setup.set_boot_registers(vcpus[0], placement.kernel, placement.dtb)
     except BaseException:
-        if virtio is not None:  # device workers use guest RAM: stop them before the VM's memory goes away
-            virtio.close()
-        for vcpu in vcpus:
-            vcpu.close()
-        vm.close()
+        discard(vm, vcpus, virtio)
         raise
     return Machine(
         arch=ARCH, vm=vm, vcpus=vcpus, mmio_bus=mmio_bus, pio_bus=None, uart=uart, testdev=testdev, dtb=dtb,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyvmm.arch.machine import Machine, MachineContext, read_image
+from pyvmm.arch.machine import Machine, MachineContext, discard, read_image
 from pyvmm.arch.x86_64 import boot, cpuid, irqchip, layout
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.serial import Serial16550
@@ -77,11 +77,7 @@ def build(ctx: MachineContext) -> Machine:
         # vCPU 0 is the bootstrap processor; the others wait for INIT/SIPI in the in-kernel LAPIC.
         boot.set_real_mode_entry(vcpus[0])
     except BaseException:
-        if virtio is not None:  # device workers use guest RAM: stop them before the VM's memory goes away
-            virtio.close()
-        for vcpu in vcpus:
-            vcpu.close()
-        vm.close()
+        discard(vm, vcpus, virtio)
         raise
     return Machine(
         arch=ARCH, vm=vm, vcpus=vcpus, mmio_bus=mmio_bus, pio_bus=pio_bus, uart=uart, testdev=testdev,
