@@ -276,8 +276,8 @@ def _checkout_wheel(checkout: Path, dest: Path, scripts: Path) -> None:
             (scripts / name).chmod(0o755)
 
 
-def checkout_segment(checkout: Path, workdir: Path, run_env: str) -> tuple[Path, str]:
-    """The part rebuilt every run: the checkout's packages, tests/ and the run settings."""
+def checkout_segment(checkout: Path, workdir: Path, run_env: str, ship: list[Path] = ()) -> tuple[Path, str]:
+    """The part rebuilt every run: the checkout's packages, tests/, benchmarks/, shipped files, the run settings."""
     root = workdir / "root"
     src = root / "lane/src"
     src.mkdir(parents=True)
@@ -290,6 +290,12 @@ def checkout_segment(checkout: Path, workdir: Path, run_env: str) -> tuple[Path,
             if (checkout / d).is_dir():
                 shutil.copytree(checkout / d, src / pkg, ignore=_IGNORE, symlinks=True)
     shutil.copytree(checkout / "tests", src / "tests", ignore=_IGNORE, symlinks=True)
+    if (checkout / "benchmarks").is_dir():
+        shutil.copytree(checkout / "benchmarks", src / "benchmarks", ignore=_IGNORE, symlinks=True)
+    if ship:
+        (root / "lane/ship").mkdir(parents=True)
+        for path in ship:
+            shutil.copy2(path, root / "lane/ship" / path.name)
     for f in ROOT_CONFIG:
         if (checkout / f).is_file():
             shutil.copy2(checkout / f, src / f)

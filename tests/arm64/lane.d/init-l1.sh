@@ -44,6 +44,11 @@ export PYVMM_LANE_HOST_KERNEL="$LANE_HOST_KIND $(uname -r)"
 export HOME=/tmp PYTHONPATH=/lane/src:/lane/site PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 export HYPOTHESIS_STORAGE_DIRECTORY=/tmp/.hypothesis
 cd /lane/src
+if [ -n "$LANE_RUN" ]; then
+    echo "lane: sh -c $LANE_RUN"
+    sh -c "$LANE_RUN"
+    lane_end $?
+fi
 echo "lane: python3 -m pytest $LANE_PYTEST_ARGS"
 eval "set -- $LANE_PYTEST_ARGS"
 python3 -m pytest "$@"

@@ -17,13 +17,16 @@ import debs
 from util import LaneError, log
 
 USAGE = """usage: tests/arm64/lane [--host-kernel stock|PATH] [--cache DIR] [--timeout SEC] [--append ARG]...
-                        [--refresh] [-k EXPR] [pytest args...] [-- pytest args...]
+                        [--refresh] [--ship FILE]... [--run CMD] [-k EXPR] [pytest args...] [-- pytest args...]
 
   --host-kernel stock|PATH  L1 kernel: Debian's linux-image-6.12-arm64 (default) or an arm64 Image file
   --cache DIR               cache directory (default ${PYVMM_LANE_CACHE:-$HOME/.cache/pyvmm-lane})
   --timeout SEC             overall bound on the emulated host's run (default 1200)
   --append ARG              extra L1 kernel command-line argument (repeatable), e.g. kvm-arm.wfi_trap_policy=notrap
   --refresh                 re-resolve and re-download the Python wheels
+  --ship FILE               copy FILE into the emulated host as /lane/ship/<name> (repeatable), e.g. a kvmtool build
+  --run CMD                 run the shell command CMD in /lane/src instead of pytest (benchmarks: see
+                            benchmarks/README.md); its exit status is the lane's
   everything else (and all after --) is passed to pytest, e.g. -k EXPR, -x, tests/arm64/test_lane_smoke.py
 """
 CHECKOUT = Path(__file__).resolve().parents[3]   # tests/arm64/lane.d/lane.py -> the checkout root
@@ -43,6 +46,8 @@ class Options:
     append: list[str] = field(default_factory=list)
     refresh: bool = False
     pytest_args: list[str] = field(default_factory=list)
+    ship: list[Path] = field(default_factory=list)
+    run: str = ""
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -53,6 +58,19 @@ def parse_args(argv: list[str]) -> Options:
         if a == "--":
             o.pytest_args += list(it)
             break
+        if name in ("--ship", "--run"):
+            if not eq:
+                val = next(it, None)
+                if val is None:
+                    raise LaneError(f"{name} needs a value")
+            if name == "--run":
+                o.run = val
+            else:
+                path = Path(val).resolve()
+                if not path.is_file():
+                    raise LaneError(f"--ship {val}: no such file")
+                o.ship.append(path)
+            continue
         if a in ("-h", "--help"):
             print(USAGE, end="")
             sys.exit(0)
@@ -187,6 +205,7 @@ def main(argv: list[str]) -> int:
         "PYVMM_TEST_L2_INITRD": "/lane/l2/initrd.gz",
         "PYVMM_TEST_L2_MODULES": " ".join(l2.modules),
         "PYVMM_LANE_APPEND": " ".join(o.append),
+        "LANE_RUN": o.run,
     }
     run_env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env_lines.items())
     work = cache / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -195,7 +214,7 @@ def main(argv: list[str]) -> int:
         if time.time() - old.stat().st_mtime > 24 * 3600:
             shutil.rmtree(old, ignore_errors=True)
     try:
-        seg, how = build.checkout_segment(CHECKOUT, work, run_env)
+        seg, how = build.checkout_segment(CHECKOUT, work, run_env, o.ship)
         parts.append(seg)
         initrd = work / "initrd.img"
         concat(parts, initrd)
