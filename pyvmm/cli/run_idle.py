@@ -21,7 +21,9 @@ OPTIONS: list = [
     click.option("--wfx-passthrough", metavar="wfi,wfe", default="",
                  help="arm64: never trap these instructions for this VM (one-way; KVM_CAP_ARM_DISABLE_EXITS). "
                       "An idle vCPU then looks 100% busy to the host: pin vCPUs and do not over-commit."),
-    click.option("--halt-poll-ns", metavar="N", help="Per-VM maximum halt-polling time in ns (KVM_CAP_HALT_POLL); default: the host's kvm.halt_poll_ns, which `pyvmm probe` shows."),
+    click.option("--halt-poll-ns", metavar="N",
+                 help="Per-VM maximum halt-polling time in ns (KVM_CAP_HALT_POLL); default: the host's "
+                      "kvm.halt_poll_ns, which `pyvmm probe` shows."),
     click.option("--idle-exits", metavar="hlt,pause,mwait,cstate", default="",
                  help="x86_64: let the guest execute these itself instead of exiting (KVM_CAP_X86_DISABLE_EXITS)."),
     click.option("--cpu-affinity", metavar="VCPU=CPUS,...", default="",
