@@ -122,7 +122,8 @@ class TestingArea:
         vmm.on_finished.append(self._finished)
 
     def _started(self, vmm: Any) -> None:
-        if self.timeout is None:
+        # Once per `pyvmm run`, not per boot: with --on-reboot restart the deadline spans every reboot.
+        if self.timeout is None or self.timer is not None:
             return
         from pyvmm.vmm.outcome import VmOutcome
 
@@ -133,8 +134,6 @@ class TestingArea:
         self.timer.start()
 
     def _finished(self, vmm: Any, outcome: Any) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
         if vmm.machine is not None:
             self.testdev_status = vmm.machine.testdev.exit_status
 
@@ -146,6 +145,8 @@ class TestingArea:
                 pass
 
     def finish(self, vmm: Any, outcome: Any, status: int) -> int:
+        if self.timer is not None:
+            self.timer.cancel()
         self._remove_initrd()
         if status == EXIT_TIMEOUT and outcome.error:
             return status

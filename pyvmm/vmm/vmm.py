@@ -40,10 +40,12 @@ class Vmm:
         self.machine: Machine | None = None
         self.kvm: Kvm | None = None
         self.threads: list[VcpuThread] = []
-        self._lock = threading.Lock()
+        self._final: VmOutcome | None = None  # a stop that must end the VM even while it restarts on reboot
 
     # -- lifecycle requests (any thread) ------------------------------------------------------------------------
     def stop(self, outcome: VmOutcome) -> None:
+        if not outcome.reboot and self._final is None:
+            self._final = outcome
         self.latch.set(outcome)
         for thread in self.threads:
             thread.request_stop()
@@ -77,6 +79,8 @@ class Vmm:
         """Build (if needed), run until the VM ends, tear down. Restarts on reboot when configured to."""
         while True:
             outcome = self._run_once()
+            if outcome.reboot and self._final is not None:
+                return self._final  # stopped (signal, timeout, API) while the guest was rebooting
             if outcome.reboot and self.config.on_reboot == "restart":
                 self.latch = StopLatch()
                 continue

@@ -133,3 +133,22 @@ def test_unclaimed_ports_read_all_ones_and_do_not_stop_the_vm(tmp_path):
     path = payload(tmp_path, bytes.fromhex("e480ba0005eef4"))
     result = run_pyvmm("run", "--no-stdin", "-k", str(path))
     assert result.returncode == 0xFF
+
+
+# Prints "B" on COM1, then triple-faults: lidtl of a zero-limit IDT outside RAM, then a divide error.
+TRIPLE_FAULT = bytes.fromhex("baf803b042eefa662e0f011e150031c9f7f1f4ebfd000000f0ffff")
+
+
+def test_a_reboot_ends_with_80_by_default(tmp_path):
+    result = run_pyvmm("run", "--no-stdin", "-k", str(payload(tmp_path, TRIPLE_FAULT)))
+    assert result.returncode == 80
+    assert result.stdout == b"B"
+    assert b"reboot" in result.stderr
+
+
+def test_on_reboot_restart_boots_the_guest_again_until_stopped(tmp_path):
+    result = run_pyvmm("run", "--no-stdin", "-k", str(payload(tmp_path, TRIPLE_FAULT)), "--on-reboot", "restart",
+                       "--timeout", "2")
+    assert result.returncode == 124
+    assert result.stdout.count(b"B") >= 2, result.stdout
+    assert b"timed out" in result.stderr
