@@ -152,3 +152,28 @@ def test_on_reboot_restart_boots_the_guest_again_until_stopped(tmp_path):
     assert result.returncode == 124
     assert result.stdout.count(b"B") >= 2, result.stdout
     assert b"timed out" in result.stderr
+
+
+def test_ctrl_a_x_quits_and_the_terminal_is_restored():
+    import pty
+    import termios
+
+    controller, terminal = pty.openpty()
+    before = termios.tcgetattr(terminal)
+    proc = subprocess.Popen([sys.executable, "-m", "pyvmm", "run", "-k", str(pyvmm_guests.path("x86_64", "idle")),
+                             "--guest-arg", "1000000", "--guest-arg", "1000"],
+                            stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while termios.tcgetattr(terminal) == before:  # pyvmm has put the terminal in raw mode
+            assert time.monotonic() < deadline and proc.poll() is None, "the terminal never went raw"
+            time.sleep(0.05)
+        os.write(controller, b"\x01x")
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert termios.tcgetattr(terminal) == before
+    os.close(controller)
+    os.close(terminal)
