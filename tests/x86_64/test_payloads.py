@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pyvmm_guests
-import pytest
 
 from pyvmm.config import ConsoleConfig, VmConfig
 from pyvmm.vmm.console import ConsoleOutput

@@ -2,7 +2,6 @@
 digest of its inputs (package file names carry versions), so a changed input builds a new piece."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
