@@ -144,7 +144,9 @@ def stream(cmd: list[str], logfile: Path) -> tuple[int, Outcome]:
             elif "Kernel panic" in line and not out.panic:
                 out.panic = line.strip()
             if "short test summary info" in line:
+                # The outer pytest's block comes last; an earlier one is a test's own inner pytest (-rA output).
                 in_summary = True
+                out.summary = []
             elif in_summary:
                 if line.startswith("=") or line.startswith("PYVMM-LANE-RESULT"):
                     in_summary = False
