@@ -247,7 +247,7 @@ def main(argv: list[str]) -> int:
     if out.result is not None:
         if out.result == NO_KVM:
             raise LaneError(f"/dev/kvm is missing in the emulated host; see {logfile}", NO_KVM)
-        print(f"PYVMM-LANE: pytest exit status {out.result}", flush=True)
+        print(f"PYVMM-LANE: {'--run command' if o.run else 'pytest'} exit status {out.result}", flush=True)
         return out.result
     if rc == 124 or rc == 137:
         raise LaneError(f"the emulated host timed out after {o.timeout} s "
