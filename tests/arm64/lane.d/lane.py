@@ -58,23 +58,10 @@ def parse_args(argv: list[str]) -> Options:
         if a == "--":
             o.pytest_args += list(it)
             break
-        if name in ("--ship", "--run"):
-            if not eq:
-                val = next(it, None)
-                if val is None:
-                    raise LaneError(f"{name} needs a value")
-            if name == "--run":
-                o.run = val
-            else:
-                path = Path(val).resolve()
-                if not path.is_file():
-                    raise LaneError(f"--ship {val}: no such file")
-                o.ship.append(path)
-            continue
         if a in ("-h", "--help"):
             print(USAGE, end="")
             sys.exit(0)
-        if name in ("--host-kernel", "--cache", "--timeout", "--append"):
+        if name in ("--host-kernel", "--cache", "--timeout", "--append", "--ship", "--run"):
             if not eq:
                 val = next(it, None)
                 if val is None:
@@ -85,6 +72,13 @@ def parse_args(argv: list[str]) -> Options:
                 o.cache = Path(val)
             elif name == "--append":
                 o.append += val.split()
+            elif name == "--run":
+                o.run = val
+            elif name == "--ship":
+                path = Path(val).resolve()
+                if not path.is_file():
+                    raise LaneError(f"--ship {val}: no such file")
+                o.ship.append(path)
             else:
                 try:
                     o.timeout = int(val)
