@@ -296,6 +296,9 @@ def test_reader_on_a_file(tmp_path):
 
 
 KVM = Path("/dev/kvm")
+# The generic vCPU statistics of every kernel with KVM_GET_STATS_FD (virt/kvm/kvm_main.c, KVM_GENERIC_VCPU_STATS).
+GENERIC_VCPU_STATS = {"halt_successful_poll", "halt_attempted_poll", "halt_poll_invalid", "halt_wakeup",
+                      "halt_poll_success_ns", "halt_poll_fail_ns", "halt_wait_ns", "exits"}
 ARCH = {"aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 
 
@@ -306,10 +309,13 @@ def test_reader_on_a_live_vcpu_fd():
     vcpu = fcntl.ioctl(vm, 0xAE41, 0)
     try:
         with StatsReader(fcntl.ioctl(vcpu, KVM_GET_STATS_FD, 0), owns_fd=True) as r:
-            recorded = DATA / f"stats-{ARCH}-vcpu.bin"
-            if recorded.exists():  # same kernel family as the recording: same stats
-                assert r.layout.names() == parse_layout(recorded.read_bytes()).names()
+            # What every kernel with the stats fd guarantees (kernels differ in the rest: 6.18 builds add
+            # pf_parked and pf_park_timeouts, arm64 has wfi_exit_stat): never compare with one build's list.
+            names = r.layout.names()
+            assert len(names) == len(set(names)), "stat names must be unique"
+            assert set(names) >= GENERIC_VCPU_STATS
             a, b = r.snapshot(), r.snapshot()
+            assert all(a.value(name) is not None for name in names)  # every descriptor decodes
             assert b.monotonic_ns > a.monotonic_ns
             assert a.raw_value("exits") == 0 and r.layout.id.endswith("/vcpu-0")
             assert set(rates(a, b)) >= {"exits", "halt_wait_ns"}

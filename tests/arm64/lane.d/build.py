@@ -240,7 +240,7 @@ def l2_artifacts(cache: Path, k: StockKernel) -> L2:
 # ---------------------------------------------------------------------------------------------------- checkout
 PACKAGE_MAP = {"pyvmm": "pyvmm", "bindings": "pyvmm_bindings", "guest-kernels": "pyvmm_guests"}
 ROOT_CONFIG = ["pyproject.toml", "pytest.ini", "setup.cfg", "tox.ini", "conftest.py"]
-_IGNORED = ("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", ".git")
+_IGNORED = ("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", ".git", ".venv*")
 _IGNORE = shutil.ignore_patterns(*_IGNORED)
 
 

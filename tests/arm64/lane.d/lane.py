@@ -31,7 +31,9 @@ USAGE = """usage: tests/arm64/lane [--host-kernel stock|PATH] [--cache DIR] [--t
 """
 CHECKOUT = Path(__file__).resolve().parents[3]   # tests/arm64/lane.d/lane.py -> the checkout root
 QEMU = ["qemu-system-aarch64", "-M", "virt,virtualization=on,gic-version=3", "-cpu", "max,pauth-impdef=on",
-        "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"]
+        "-smp", "2", "-m", "2048", "-nographic", "-no-reboot",
+        # virt's default NIC wants efi-virtio.rom, which only ipxe-qemu (a Recommends of qemu-system-arm) brings.
+        "-nic", "none"]
 KEEP_LOGS = 30
 NO_KVM = 90  # PYVMM-LANE-RESULT value of init-l1.sh when /dev/kvm is missing
 BASE_APPEND = ["console=ttyAMA0", "panic=-1", "rdinit=/init", "quiet"]
