@@ -67,6 +67,14 @@ class Vcpu:
     def stats_fd(self) -> int:
         return ioctl(self.fd, bindings.KVM_GET_STATS_FD)
 
+    def set_cpuid2(self, cpuid: Any) -> None:
+        """KVM_SET_CPUID2 (x86_64) with a `struct kvm_cpuid2 *` (e.g. from Kvm.supported_cpuid)."""
+        ioctl(self.fd, bindings.KVM_SET_CPUID2, cpuid)
+
+    def arm_vcpu_init(self, init: Any) -> None:
+        """KVM_ARM_VCPU_INIT (arm64) with a `struct kvm_vcpu_init *` (target and features)."""
+        ioctl(self.fd, bindings.KVM_ARM_VCPU_INIT, init)
+
     def mp_state(self) -> int:
         try:
             return int(self.get_struct(bindings.KVM_GET_MP_STATE, "struct kvm_mp_state *").mp_state)
