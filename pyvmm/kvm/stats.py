@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 __all__ = [
-    "KVM_GET_STATS_FD",
     "StatsFormatError",
     "StatType",
     "StatUnit",
@@ -43,9 +42,6 @@ __all__ = [
     "rates",
     "deltas",
 ]
-
-#: _IO(KVMIO, 0xce): issued on a VM or vCPU fd, returns a new read-only fd.
-KVM_GET_STATS_FD = 0xAECE
 
 _HEADER = struct.Struct("<6I")  # flags, name_size, num_desc, id_offset, desc_offset, data_offset
 _DESC = struct.Struct("<IhHII")  # flags, exponent, size, offset, bucket_size (16 bytes)
@@ -370,9 +366,6 @@ class StatsReader:
     def from_object(cls, obj: object) -> "StatsReader":
         """A reader on a fresh stats fd of a VM or vCPU object offering stats_fd()."""
         return cls(obj.stats_fd(), owns_fd=True)  # type: ignore[attr-defined]
-
-    def read_raw(self) -> dict[str, tuple[int, ...]]:
-        return self.snapshot().raw  # type: ignore[return-value]
 
     def snapshot(self) -> StatsSnapshot:
         t0 = time.monotonic_ns()

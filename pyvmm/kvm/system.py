@@ -6,6 +6,7 @@ import errno
 import grp
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from pyvmm.errors import KvmPermissionError, KvmUnavailableError
 
@@ -101,3 +102,24 @@ class Kvm:
             if err.errno in (errno.ENOMEM, errno.EMFILE, errno.ENFILE):
                 raise KvmUnavailableError(f"KVM could not create a VM: {err.strerror}") from None
             raise KvmUnavailableError(f"KVM refused to create a VM (type {vm_type}): {err.strerror}") from None
+
+    def supported_cpuid(self) -> tuple[Any, Any]:
+        """KVM_GET_SUPPORTED_CPUID (x86_64): (buffer, `struct kvm_cpuid2 *` over it); keep the buffer alive.
+
+        The entry count is not known in advance: KVM answers E2BIG until the array is large enough.
+        """
+        from pyvmm.kvm.ioctl import bindings, ffi, ioctl
+
+        entries = 128
+        while True:
+            buffer = ffi.new("char[]", ffi.sizeof("struct kvm_cpuid2")
+                             + entries * ffi.sizeof("struct kvm_cpuid_entry2"))
+            cpuid = ffi.cast("struct kvm_cpuid2 *", buffer)
+            cpuid.nent = entries
+            try:
+                ioctl(self.fd, bindings.KVM_GET_SUPPORTED_CPUID, cpuid)
+                return buffer, cpuid
+            except OSError as err:
+                if err.errno != errno.E2BIG or entries >= 4096:
+                    raise
+                entries *= 2

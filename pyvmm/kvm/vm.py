@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pyvmm.errors import HostResourceError, KvmUnavailableError
+from pyvmm.errors import HostResourceError
 from pyvmm.kvm.ioctl import bindings, check_extension, ffi, ioctl, new
 from pyvmm.kvm.memory import GuestMemory, MemoryRegion, allocate
 from pyvmm.kvm.system import Kvm
@@ -80,13 +80,19 @@ class Vm:
         request.level = level
         ioctl(self.fd, bindings.KVM_IRQ_LINE, request)
 
-    def irqfd(self, eventfd: int, gsi: int, deassign: bool = False) -> None:
+    def irqfd(self, eventfd: int, gsi: int, deassign: bool = False, resample_fd: int | None = None) -> None:
+        """KVM_IRQFD: writing `eventfd` asserts `gsi`. With resample_fd the line is level-triggered: KVM lowers it
+        when the guest EOIs and then signals resample_fd. Deassign with the same eventfd and gsi."""
         from pyvmm_bindings import constants as c
 
         request = new("struct kvm_irqfd *")
         request.fd = eventfd
         request.gsi = gsi
-        request.flags = c.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
+        if deassign:
+            request.flags = c.KVM_IRQFD_FLAG_DEASSIGN
+        elif resample_fd is not None:
+            request.flags = c.KVM_IRQFD_FLAG_RESAMPLE
+            request.resamplefd = resample_fd
         ioctl(self.fd, bindings.KVM_IRQFD, request)
 
     def ioeventfd(self, eventfd: int, addr: int, length: int, pio: bool = False, deassign: bool = False,
@@ -125,6 +131,32 @@ class Vm:
         """KVM_GET_STATS_FD on the VM; the caller owns the returned fd."""
         return ioctl(self.fd, bindings.KVM_GET_STATS_FD)
 
+    # -- x86_64 -------------------------------------------------------------------------------------------------
+    def create_irqchip(self) -> None:
+        """KVM_CREATE_IRQCHIP: the in-kernel PIC and IOAPIC (and a LAPIC per vCPU created after it)."""
+        ioctl(self.fd, bindings.KVM_CREATE_IRQCHIP)
+
+    def create_pit2(self, flags: int = 0) -> None:
+        """KVM_CREATE_PIT2 with kvm_pit_config.flags (e.g. KVM_PIT_SPEAKER_DUMMY)."""
+        config = new("struct kvm_pit_config *")
+        config.flags = flags
+        ioctl(self.fd, bindings.KVM_CREATE_PIT2, config)
+
+    def set_tss_addr(self, address: int) -> None:
+        """KVM_SET_TSS_ADDR: three pages of guest-physical space KVM needs on Intel (passed by value)."""
+        ioctl(self.fd, bindings.KVM_SET_TSS_ADDR, address)
+
+    def set_identity_map_addr(self, address: int) -> None:
+        """KVM_SET_IDENTITY_MAP_ADDR: one page for the real-mode identity map on Intel (passed by address)."""
+        ioctl(self.fd, bindings.KVM_SET_IDENTITY_MAP_ADDR, new("uint64_t *", address))
+
+    # -- arm64 --------------------------------------------------------------------------------------------------
+    def arm_preferred_target(self) -> Any:
+        """KVM_ARM_PREFERRED_TARGET: a filled `struct kvm_vcpu_init *` (target and default features)."""
+        init = new("struct kvm_vcpu_init *")
+        ioctl(self.fd, bindings.KVM_ARM_PREFERRED_TARGET, init)
+        return init
+
 
 def set_device_attr(device_fd: int, group: int, attr: int, value: int | None = None, *, check: bool = False) -> None:
     """KVM_SET_DEVICE_ATTR (or KVM_HAS_DEVICE_ATTR when check) with a u64 value passed by address."""
@@ -134,8 +166,3 @@ def set_device_attr(device_fd: int, group: int, attr: int, value: int | None = N
     request.attr = attr
     request.addr = int(ffi.cast("uintptr_t", holder)) if value is not None else 0
     ioctl(device_fd, bindings.KVM_HAS_DEVICE_ATTR if check else bindings.KVM_SET_DEVICE_ATTR, request)
-
-
-def require(condition: bool, what: str) -> None:
-    if not condition:
-        raise KvmUnavailableError(what)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import re
@@ -14,7 +13,7 @@ from construct import Array, Int16sl, Int16ul, Int32ul, Int64ul, PaddedString, S
 from hypothesis import given, settings, strategies as st
 
 from pyvmm.kvm.stats import (
-    KVM_GET_STATS_FD, StatBase, StatsFormatError, StatsReader, StatsSnapshot, StatType, StatUnit,
+    StatBase, StatsFormatError, StatsReader, StatsSnapshot, StatType, StatUnit,
     deltas, parse_blob, parse_layout, rates, read_whole_fd,
 )
 
@@ -304,11 +303,15 @@ ARCH = {"aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 
 @pytest.mark.skipif(not os.access(KVM, os.R_OK | os.W_OK), reason="needs /dev/kvm")
 def test_reader_on_a_live_vcpu_fd():
-    kvm = os.open(KVM, os.O_RDWR | os.O_CLOEXEC)
-    vm = fcntl.ioctl(kvm, 0xAE01, 0)
-    vcpu = fcntl.ioctl(vm, 0xAE41, 0)
+    from pyvmm.kvm.system import Kvm
+    from pyvmm.kvm.vcpu import Vcpu
+    from pyvmm.kvm.vm import Vm
+
+    kvm = Kvm.open()
+    vm = Vm(kvm)
+    vcpu = Vcpu(vm, 0)
     try:
-        with StatsReader(fcntl.ioctl(vcpu, KVM_GET_STATS_FD, 0), owns_fd=True) as r:
+        with StatsReader.from_object(vcpu) as r:
             # What every kernel with the stats fd guarantees (kernels differ in the rest: 6.18 builds add
             # pf_parked and pf_park_timeouts, arm64 has wfi_exit_stat): never compare with one build's list.
             names = r.layout.names()
@@ -319,8 +322,9 @@ def test_reader_on_a_live_vcpu_fd():
             assert b.monotonic_ns > a.monotonic_ns
             assert a.raw_value("exits") == 0 and r.layout.id.endswith("/vcpu-0")
             assert set(rates(a, b)) >= {"exits", "halt_wait_ns"}
-        with StatsReader(fcntl.ioctl(vm, KVM_GET_STATS_FD, 0), owns_fd=True) as r:
+        with StatsReader.from_object(vm) as r:
             assert "remote_tlb_flush" in r.snapshot()
     finally:
-        for fd in (vcpu, vm, kvm):
-            os.close(fd)
+        vcpu.close()
+        vm.close()
+        kvm.close()
