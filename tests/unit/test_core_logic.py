@@ -105,16 +105,37 @@ def test_arm64_image_header_is_parsed_and_checked():
     image = arm_image.parse(data, "k")
     assert (image.text_offset, image.image_size) == (0x80000, 8192)
     assert arm_image.parse(gzip.compress(data), "k.gz").data == data
-    with pytest.raises(ImageError, match="magic"):
-        arm_image.parse(arm64_header(magic=b"ARM\x65") + bytes(100), "bad")
     with pytest.raises(ImageError, match="big-endian"):
         arm_image.parse(arm64_header(flags=3) + bytes(4032), "be")
     with pytest.raises(ImageError, match="says"):
         arm_image.parse(arm64_header(image_size=100) + bytes(4032), "small")
     with pytest.raises(ImageError, match="corrupt"):
         arm_image.parse(b"\x1f\x8b\x08\x00garbage", "bad.gz")
-    with pytest.raises(ImageError, match="too short"):
-        arm_image.parse(b"\x01" * 20, "tiny")
+
+
+def test_arm64_raw_binary_loads_at_ram_base_plus_0x80000():
+    flat = bytes([0x00, 0x00, 0x00, 0x14]) * 64  # `b .` and friends: code, not text
+    image = arm_image.parse(flat, "selftest.flat")
+    assert (image.raw, image.text_offset, image.image_size, image.data) == (True, 0x80000, len(flat), flat)
+    assert arm_boot.place(image, 4096, 0x4000_0000, 256 << 20).kernel == 0x4008_0000
+    # A header whose magic is wrong is no Image, so it is a raw binary too; a real Image is not raw.
+    assert arm_image.parse(arm64_header(magic=b"ARM\x65") + bytes(100), "odd").raw
+    assert not arm_image.parse(arm64_header() + bytes(4032), "Image").raw
+
+
+@pytest.mark.parametrize("data, what", [
+    (b"\x7fELF\x02\x01\x01" + bytes(11) + b"\xb7\x00" + bytes(64), "arm64 ELF"),
+    (bytes(0x202) + b"HdrS" + bytes(64), "bzImage"),
+    (b"MZ" + bytes(200), "PE/EFI"),
+    (b"", "empty"),
+    (gzip.compress(bytes(range(256)) * 64)[:30], "corrupt"),
+    (b"#!/bin/sh\necho hi\n", "text file"),
+    (b"KERNEL_VERSION=6\nERRATA_7b6b46311a85=y\n", "text file"),
+    (b"070701" + bytes(200), "cpio"),
+])
+def test_arm64_foreign_files_are_refused_not_run_raw(data, what):
+    with pytest.raises(ImageError, match=what):
+        arm_image.parse(data, "f")
 
 
 def test_truncated_efi_stub_image_is_detected():

@@ -1,4 +1,8 @@
-"""The arm64 Linux Image format (Documentation/arch/arm64/booting.rst), parsed with construct."""
+"""The arm64 Linux Image format (Documentation/arch/arm64/booting.rst), parsed with construct, and raw binaries.
+
+A file without the Image magic that is not recognisably another format is a raw binary (kvm-unit-tests' .flat
+files, bare-metal payloads): loaded at RAM base + 0x80000 like QEMU's `virt` does, and entered like an Image.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ ImageHeader = Struct(
 )
 HEADER_SIZE = 64
 LEGACY_TEXT_OFFSET = 0x80000
+RAW_BINARY_OFFSET = 0x80000  # QEMU's `virt` loads a non-Image kernel file here; kvm-unit-tests builds expect it
 FLAG_BIG_ENDIAN = 1 << 0
 MAX_DECOMPRESSED = 512 << 20
 
@@ -34,6 +39,7 @@ class ArmImage:
     data: bytes
     text_offset: int
     image_size: int  # bytes the kernel occupies from its load address (>= len(data))
+    raw: bool = False  # a raw binary, not a Linux Image: it gets exactly the command line the user gave
 
 
 def _gunzip(data: bytes, path: str) -> bytes:
@@ -50,6 +56,8 @@ def _gunzip(data: bytes, path: str) -> bytes:
 
 
 def parse(data: bytes, path: str) -> ArmImage:
+    if not data:
+        raise ImageError(f"{path} is empty")
     if data[:2] == b"\x1f\x8b":
         data = _gunzip(data, path)
     if len(data) >= 60 and data[56:60] == b"ARM\x64":
@@ -76,15 +84,20 @@ def parse(data: bytes, path: str) -> ArmImage:
         if text_offset % 4096:
             raise ImageError(f"{path}: text_offset {text_offset:#x} is not page aligned: a corrupt Image header")
         return ArmImage(data, text_offset, image_size)
-    foreign = describe_foreign_image(data)
+    foreign = describe_foreign_image(data) or _describe_text(data)
     if foreign is not None:
-        raise ImageError(f"{path} is {foreign}, not an arm64 Image")
-    if len(data) < HEADER_SIZE:
-        raise ImageError(f"{path} is {len(data)} bytes: too short for an arm64 Image (a truncated file?)")
-    raise ImageError(
-        f"{path} is not an arm64 Image: no 'ARM\\x64' magic at offset 56 (found {data[56:60]!r}); pass a kernel "
-        f"Image (arch/arm64/boot/Image or Image.gz) or a bare-metal payload with an Image header"
-    )
+        raise ImageError(f"{path} is {foreign}, not an arm64 Image nor a raw binary")
+    return ArmImage(data, RAW_BINARY_OFFSET, len(data), raw=True)
+
+
+def _describe_text(data: bytes) -> str | None:
+    """A script, config or environ file named as the kernel by mistake: code always holds bytes outside text."""
+    if data[:6] in (b"070701", b"070702"):
+        return "a cpio archive (an initramfs? pass it with --initrd)"
+    head = data[:512]
+    if all(byte in b"\t\n\r" or 0x20 <= byte < 0x7F for byte in head):
+        return "a text file"
+    return None
 
 
 def pe_raw_end(data: bytes) -> int | None:

@@ -16,7 +16,8 @@ UART_PATH = f"/serial@{layout.UART:x}"
 
 
 def default_bootargs(user: str) -> str:
-    """The user's command line, plus the console pyvmm provides unless the user chose one."""
+    """The user's command line, plus the console pyvmm provides unless the user chose one (Linux Images only: a raw
+    binary's command line is its argv, e.g. kvm-unit-tests', where an extra word changes what runs)."""
     extra = [] if "console=" in user else ["console=ttyS0", "earlycon"]
     return " ".join(part for part in [user.strip(), *extra] if part)
 
@@ -70,7 +71,7 @@ def build(ctx: MachineContext) -> Machine:
             initrd_range = (placement.initrd, placement.initrd + len(initrd_data))
         dtb = devicetree.build(
             mpidrs=[vcpu_setup.mpidr(v) for v in vcpus], memory_base=layout.RAM, memory_size=config.memory,
-            gic=interrupt_controller, bootargs=default_bootargs(config.cmdline), initrd=initrd_range,
+            gic=interrupt_controller, bootargs=config.cmdline if kernel.raw else default_bootargs(config.cmdline), initrd=initrd_range,
             devices=virtio_nodes,
         )
         if len(dtb) > layout.DTB_MAX_SIZE:
