@@ -7,53 +7,73 @@ Statuses follow sysexits(3) so they stay clear of the small numbers guests use f
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """Every status pyvmm itself gives a process; a guest's own verdict (any 0-255) passes through unchanged."""
+
+    OK = 0
+    FAILED = 1  # --fail-on matched, or the guest ended before --expect matched
+    USAGE = 64  # EX_USAGE: an option value that cannot work
+    DATA_ERR = 65  # EX_DATAERR: an image that is not usable
+    NO_INPUT = 66  # EX_NOINPUT: a file that does not exist or cannot be read
+    UNAVAILABLE = 69  # EX_UNAVAILABLE: /dev/kvm missing or lacking a capability
+    SOFTWARE = 70  # EX_SOFTWARE: the VM stopped on an error, or a command ended without reporting its status
+    OS_ERR = 71  # EX_OSERR: the host cannot give the resources
+    NO_PERM = 77  # EX_NOPERM: no permission for /dev/kvm
+    REBOOT = 80  # the guest asked for a reset and --on-reboot=exit
+    TIMEOUT = 124  # --timeout expired (as timeout(1))
+    SIGINT = 130  # as a shell reports it
+    SIGTERM = 143
+
 
 class PyvmmError(Exception):
     """Base class: a problem the user can act on. `str(err)` is the whole message."""
 
-    exit_status = 70  # EX_SOFTWARE
+    exit_status = ExitStatus.SOFTWARE
 
 
 class UsageError(PyvmmError):
     """An option value that cannot work (zero vCPUs, an unparsable size, ...)."""
 
-    exit_status = 64  # EX_USAGE
+    exit_status = ExitStatus.USAGE
 
 
 class ImageError(PyvmmError):
     """A kernel, initrd or payload that is not a usable image."""
 
-    exit_status = 65  # EX_DATAERR
+    exit_status = ExitStatus.DATA_ERR
 
 
 class MissingFileError(PyvmmError):
     """A file the user named does not exist or cannot be read."""
 
-    exit_status = 66  # EX_NOINPUT
+    exit_status = ExitStatus.NO_INPUT
 
 
 class KvmUnavailableError(PyvmmError):
     """/dev/kvm is missing, or KVM lacks something the VM needs."""
 
-    exit_status = 69  # EX_UNAVAILABLE
+    exit_status = ExitStatus.UNAVAILABLE
 
 
 class HostResourceError(PyvmmError):
     """The host cannot give what was asked (memory, CPUs, file descriptors)."""
 
-    exit_status = 71  # EX_OSERR
+    exit_status = ExitStatus.OS_ERR
 
 
 class KvmPermissionError(PyvmmError):
     """The user may not open /dev/kvm (or another device node)."""
 
-    exit_status = 77  # EX_NOPERM
+    exit_status = ExitStatus.NO_PERM
 
 
 class GuestFailure(PyvmmError):
     """The VM stopped because of something that went wrong in or with the guest (an exit KVM could not handle)."""
 
-    exit_status = 70
+    exit_status = ExitStatus.SOFTWARE
 
 
 class GuestMemoryError(Exception):
@@ -63,8 +83,8 @@ class GuestMemoryError(Exception):
     """
 
 
-# Exit statuses for outcomes that are not errors of pyvmm.
-EXIT_GUEST_REBOOT = 80  # the guest asked for a reset and --on-reboot=exit
-EXIT_TIMEOUT = 124  # --timeout expired (as timeout(1))
-EXIT_INTERRUPTED = 130  # SIGINT, as a shell reports it
-EXIT_TERMINATED = 143  # SIGTERM
+# Old names, kept until every user has moved to ExitStatus.
+EXIT_GUEST_REBOOT = ExitStatus.REBOOT
+EXIT_TIMEOUT = ExitStatus.TIMEOUT
+EXIT_INTERRUPTED = ExitStatus.SIGINT
+EXIT_TERMINATED = ExitStatus.SIGTERM

@@ -8,7 +8,7 @@ import traceback
 
 import click
 
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import ExitStatus, PyvmmError
 
 
 def debug_enabled(argv: list[str]) -> bool:
@@ -26,10 +26,10 @@ def run_cli(command: click.Command, argv: list[str] | None = None) -> int:
         return err.exit_status
     except click.exceptions.Abort:
         print("pyvmm: aborted", file=sys.stderr)
-        return 130
+        return ExitStatus.SIGINT
     except click.ClickException as err:
         err.show()
-        return 64 if isinstance(err, click.UsageError) else err.exit_code
+        return ExitStatus.USAGE if isinstance(err, click.UsageError) else err.exit_code
     except KeyboardInterrupt:
-        return 130
+        return ExitStatus.SIGINT
     return result if isinstance(result, int) else 0

@@ -10,7 +10,7 @@ from typing import Callable
 from pyvmm.arch import host_arch, machine_module
 from pyvmm.arch.machine import Machine, MachineContext
 from pyvmm.config import VmConfig
-from pyvmm.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UsageError
+from pyvmm.errors import ExitStatus, UsageError
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vm import Vm
 from pyvmm.vmm.console import ConsoleInput, ConsoleOutput
@@ -112,7 +112,7 @@ class Vmm:
                 hook(self)
             while not self.latch.wait(0.5):
                 if not any(t.is_alive() for t in self.threads):
-                    self.latch.set(VmOutcome(70, "every vCPU thread ended without an outcome", error=True))
+                    self.latch.set(VmOutcome(ExitStatus.SOFTWARE, "every vCPU thread ended without an outcome", error=True))
             self.stop(self.latch.outcome)  # make every vCPU leave KVM_RUN
             for thread in self.threads:
                 thread.join(5.0)
@@ -137,7 +137,7 @@ class Vmm:
 
     def _install_signal_handlers(self, cleanup: ExitStack) -> None:
         def on_signal(signum: int, frame: object) -> None:
-            status = EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED
+            status = ExitStatus.SIGINT if signum == signal.SIGINT else ExitStatus.SIGTERM
             self.stop(VmOutcome(status, f"stopped by {signal.Signals(signum).name}"))
 
         for signum in (signal.SIGINT, signal.SIGTERM):
