@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import pyvmm_guests
@@ -190,3 +191,100 @@ def test_host_trap_policy_shows_in_probe_and_counts(stock, tmp_path):
     else:
         assert host["wfi_trap_policy"] is None
         assert wfi(d) >= 0.95 * N, d["vcpus"]  # stock default: WFI trapped (no GICv4 direct injection)
+
+
+# --- the threshold under real contention (issue 14): the case KVM_CAP_ARM_WFX_TRAP_RUNQUEUE_DEPTH exists for -------
+# vCPU 0 is pinned to host CPU 1 and a busy task is pinned beside it (or on the other CPU). The runqueue depth the
+# vCPU sees at each load is then 2 (itself + the hog) or 1: threshold 1 must trap, threshold 2 must not.
+VCPU_CPU = 1
+HOG_SECONDS = 240  # a hog ends by itself even if its reaper never runs
+
+
+@pytest.fixture
+def hog():
+    """Start a busy task pinned to a host CPU; every one is killed and reaped at the end of the test."""
+    procs: list[subprocess.Popen] = []
+
+    def start(cpu: int) -> subprocess.Popen:
+        code = (f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\nend = time.monotonic() + {HOG_SECONDS}\n"
+                "while time.monotonic() < end:\n    pass\n")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
+        procs.append(proc)
+        time.sleep(0.5)  # pinned and spinning before anything is measured
+        assert proc.poll() is None, "the hog did not start"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(30)
+
+
+def pin_other_threads(c, pid: int, cpus: set[int]) -> None:
+    """Move every thread of the pyvmm process except its vCPU threads (control socket, console) to `cpus`, as an
+    administrator keeps housekeeping off a vCPU's CPU (`taskset -p` per thread)."""
+    vcpu_tids = {v["tid"] for v in c.request("stats")["vcpus"]}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if int(task.name) not in vcpu_tids:
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def trapped_share(c, min_periods=100, max_seconds=30.0):
+    """(timer periods, trapped WFIs) over a window that covers at least `min_periods` idle periods."""
+    a = c.request("stats")["vcpus"][0]["stats"]
+    deadline = time.monotonic() + max_seconds
+    while True:
+        time.sleep(1.0)
+        b = c.request("stats")["vcpus"][0]["stats"]
+        periods = b["mmio_exit_user"] - a["mmio_exit_user"]
+        if periods >= min_periods or time.monotonic() > deadline:
+            return periods, b["wfi_exit_stat"] - a["wfi_exit_stat"]
+
+
+def test_threshold_follows_a_hog_on_the_vcpus_cpu(custom, live_vm, hog):
+    sock, proc = live_vm("--cpu-affinity", f"0={VCPU_CPU}", "--wfx-trap-threshold", "1")
+    hog(VCPU_CPU)
+    with Client(str(sock), timeout=60) as c:
+        seen = []
+        for threshold in (1, 2, 1):  # changed on the running VM
+            assert c.request("set", wfx_trap_threshold=threshold)["wfx_trap_threshold"] == threshold
+            time.sleep(0.2)  # takes effect at each vCPU's next load
+            periods, traps = trapped_share(c)
+            seen.append((threshold, periods, traps))
+            assert periods >= 50, seen
+        print(f"hog on the vCPU's CPU {VCPU_CPU}: threshold, periods, trapped WFIs: {seen}")
+        (_, p1, t1), (_, p2, t2), (_, p3, t3) = seen
+        assert t1 >= 0.95 * p1 and t2 <= 0.05 * p2 and t3 >= 0.95 * p3, seen
+        c.request("stop")
+    assert proc.wait(60) == 0
+
+
+def test_a_hog_on_the_other_cpu_does_not_make_threshold_1_trap(custom, live_vm, hog):
+    sock, proc = live_vm("--cpu-affinity", f"0={VCPU_CPU}", "--wfx-trap-threshold", "1")
+    hog(1 - VCPU_CPU)
+    with Client(str(sock), timeout=60) as c:
+        # Measured here with pyvmm's other threads left free: each `stats` request woke one of them beside the
+        # vCPU and 12 of 142 WFIs trapped. That is the reviewers' point (b) in miniature: any task sharing the CPU
+        # changes the outcome, so keep the VMM's own threads off the vCPU's CPU too.
+        pin_other_threads(c, proc.pid, {1 - VCPU_CPU})
+        mine = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {1 - VCPU_CPU})  # this test's own polling too
+        try:
+            periods, traps = trapped_share(c)
+        finally:
+            os.sched_setaffinity(0, mine)
+        print(f"hog on CPU {1 - VCPU_CPU}, vCPU on {VCPU_CPU}, threshold 1: {traps} of {periods} WFIs trapped")
+        assert periods >= 50 and traps <= 0.05 * periods, (periods, traps)
+        c.request("stop")
+    assert proc.wait(60) == 0
+
+
+def test_wfi_passthrough_ignores_contention(custom, live_vm, hog):
+    sock, proc = live_vm("--cpu-affinity", f"0={VCPU_CPU}", "--wfx-passthrough", "wfi", "--wfx-trap-threshold", "0")
+    hog(VCPU_CPU)
+    with Client(str(sock), timeout=60) as c:
+        periods, traps = trapped_share(c)
+        print(f"hog on the vCPU's CPU, WFI passthrough: {traps} of {periods} WFIs trapped")
+        assert periods >= 50 and traps <= 0.05 * periods, (periods, traps)
+        c.request("stop")
+    assert proc.wait(60) == 0
