@@ -294,7 +294,10 @@ def checkout_segment(checkout: Path, workdir: Path, run_env: str, ship: list[Pat
     if ship:
         (root / "lane/ship").mkdir(parents=True)
         for path in ship:
-            shutil.copy2(path, root / "lane/ship" / path.name)
+            if path.is_dir():
+                shutil.copytree(path, root / "lane/ship" / path.name, symlinks=True)
+            else:
+                shutil.copy2(path, root / "lane/ship" / path.name)
     for f in ROOT_CONFIG:
         if (checkout / f).is_file():
             shutil.copy2(checkout / f, src / f)

@@ -17,14 +17,15 @@ import debs
 from util import LaneError, log
 
 USAGE = """usage: tests/arm64/lane [--host-kernel stock|PATH] [--cache DIR] [--timeout SEC] [--append ARG]...
-                        [--refresh] [--ship FILE]... [--run CMD] [-k EXPR] [pytest args...] [-- pytest args...]
+                        [--refresh] [--ship PATH]... [--run CMD] [-k EXPR] [pytest args...] [-- pytest args...]
 
   --host-kernel stock|PATH  L1 kernel: Debian's linux-image-6.12-arm64 (default) or an arm64 Image file
   --cache DIR               cache directory (default ${PYVMM_LANE_CACHE:-$HOME/.cache/pyvmm-lane})
   --timeout SEC             overall bound on the emulated host's run (default 1200)
   --append ARG              extra L1 kernel command-line argument (repeatable), e.g. kvm-arm.wfi_trap_policy=notrap
   --refresh                 re-resolve and re-download the Python wheels
-  --ship FILE               copy FILE into the emulated host as /lane/ship/<name> (repeatable), e.g. a kvmtool build
+  --ship PATH               copy a file or folder into the emulated host as /lane/ship/<name> (repeatable), e.g. a
+                            kvmtool build or the kvm-unit-tests folder
   --run CMD                 run the shell command CMD in /lane/src instead of pytest (benchmarks: see
                             benchmarks/README.md); its exit status is the lane's
   everything else (and all after --) is passed to pytest, e.g. -k EXPR, -x, tests/arm64/test_lane_smoke.py
@@ -78,8 +79,8 @@ def parse_args(argv: list[str]) -> Options:
                 o.run = val
             elif name == "--ship":
                 path = Path(val).resolve()
-                if not path.is_file():
-                    raise LaneError(f"--ship {val}: no such file")
+                if not path.is_file() and not path.is_dir():
+                    raise LaneError(f"--ship {val}: no such file or folder")
                 o.ship.append(path)
             else:
                 try:
