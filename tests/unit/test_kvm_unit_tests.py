@@ -16,7 +16,10 @@ from pyvmm.errors import MissingFileError, UsageError
 from pyvmm.kvm_unit_tests import environ, execute, plan, shell, suite, unittests
 from pyvmm.kvm_unit_tests.plan import Selection
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "kvm-unit-tests"
+# The project's copy of the arm64 build sits in ../shared next to the checkout (or next to its worktrees' folder).
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = next((p for p in (ROOT.parent / "shared/kvm-unit-tests", ROOT.parent.parent / "shared/kvm-unit-tests")
+               if p.is_dir()), ROOT.parent / "shared/kvm-unit-tests")
 
 CFG = textwrap.dedent('''\
     # a comment
