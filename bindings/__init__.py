@@ -23,7 +23,7 @@ _cache: dict[str, "Bindings"] = {}
 
 
 class Bindings:
-    """cffi FFI for one arch, libc (host arch only) and every KVM ioctl number as an attribute."""
+    """cffi FFI for one arch, libc (host arch only) and every ioctl number (KVM, vhost, TUN) as an attribute."""
 
     arch: str
     ffi: Any
@@ -39,8 +39,8 @@ class Bindings:
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not set: say why instead of a bare AttributeError.
-        if name.startswith("KVM_"):
-            raise AttributeError(f"{name} is not a known {self.arch} KVM ioctl")
+        if name.startswith(("KVM_", "VHOST_", "TUN")):
+            raise AttributeError(f"{name} is not a known {self.arch} ioctl")
         raise AttributeError(name)
 
     def __repr__(self) -> str:
@@ -73,11 +73,12 @@ def host_arch() -> str:
 def _ioctl_numbers(arch: str, ffi: Any) -> dict[str, int]:
     from ioctl_opt import IOC
 
-    from .ioctls import BY_ARCH, KVMIO
+    from .ioctls import BY_ARCH
 
     return {
-        name: IOC(direction, KVMIO, nr, 0 if argtype is None else ffi.sizeof(argtype))
-        for name, (direction, nr, argtype) in BY_ARCH[arch].items()
+        name: IOC(direction, kind, nr, 0 if argtype is None else ffi.sizeof(argtype))
+        for kind, table in BY_ARCH[arch]
+        for name, (direction, nr, argtype) in table.items()
     }
 
 

@@ -26,10 +26,10 @@ ARCHES = ("x86_64", "arm64")
 
 
 def cdef_source(arch: str) -> str:
-    """The declarations for one arch: <arch>.h first (kvm_run uses its types), then common.h."""
+    """The declarations for one arch: <arch>.h first (kvm_run uses its types), then common.h and host.h."""
     if arch not in ARCHES:
         raise ValueError(f"unknown arch {arch!r}: expected one of {', '.join(ARCHES)}")
-    return (CDEFS / f"{arch}.h").read_text() + "\n" + (CDEFS / "common.h").read_text()
+    return "\n".join((CDEFS / name).read_text() for name in (f"{arch}.h", "common.h", "host.h"))
 
 
 def module_name(arch: str) -> str:

@@ -152,6 +152,7 @@ KVM_CAP_ARM_NISV_TO_USER = 177
 KVM_CAP_HALT_POLL = 182  # VM: args[0] = max halt-poll ns
 KVM_CAP_X86_USER_SPACE_MSR = 188
 KVM_CAP_BINARY_STATS_FD = 203
+KVM_CAP_PRE_FAULT_MEMORY = 236  # Linux 6.10, newer than Debian 12's headers; out-of-tree WFx patches reuse 236
 
 # KVM_CAP_X86_DISABLE_EXITS args[0] bits (CHECK_EXTENSION returns the allowed mask)
 KVM_X86_DISABLE_EXITS_MWAIT = 1 << 0
@@ -306,3 +307,18 @@ KVM_DEV_ARM_ITS_SAVE_TABLES = 1
 KVM_DEV_ARM_ITS_RESTORE_TABLES = 2
 KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES = 3
 KVM_DEV_ARM_ITS_CTRL_RESET = 4
+
+
+# --- host interfaces besides KVM (bindings/cdefs/host.h) ---
+# fallocate modes (<linux/falloc.h>)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+# TUNSETIFF flags and TUNSETOFFLOAD bits (<linux/if_tun.h>)
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04

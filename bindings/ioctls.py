@@ -1,16 +1,18 @@
-"""KVM ioctl request table: (direction, number, argument type) per ioctl name.
+"""ioctl request tables: (direction, number, argument type) per ioctl name, one table per ioctl type (magic).
 
-The request numbers are computed from this table in `pyvmm_bindings.load()` with
+The request numbers are computed from these tables in `pyvmm_bindings.load()` with
 ioctl_opt.IOC and the size cffi gives for the argument type, exactly as the
 kernel's _IO/_IOR/_IOW/_IOWR macros do, so a struct declaration that drifts
 changes the number too (tests/unit/test_bindings_layout.py compares both with
-<linux/kvm.h>). x86_64 and arm64 use the generic _IOC encoding, which is what
-ioctl_opt implements.
+<linux/kvm.h>, <linux/vhost.h> and <linux/if_tun.h>). x86_64 and arm64 use the
+generic _IOC encoding, which is what ioctl_opt implements.
 """
 
 from ioctl_opt import IOC_NONE, IOC_READ, IOC_WRITE
 
 KVMIO = 0xAE
+VHOST_VIRTIO = 0xAF
+TUN_MAGIC = ord("T")
 
 _RW = IOC_READ | IOC_WRITE
 
@@ -76,7 +78,31 @@ ARM64: dict[str, IoctlSpec] = {
     "KVM_ARM_VCPU_FINALIZE": (IOC_WRITE, 0xC2, "int"),
 }
 
-BY_ARCH: dict[str, dict[str, IoctlSpec]] = {
-    "x86_64": COMMON | X86_64,
-    "arm64": COMMON | ARM64,
+# /dev/vhost-vsock (<linux/vhost.h>)
+VHOST: dict[str, IoctlSpec] = {
+    "VHOST_GET_FEATURES": (IOC_READ, 0x00, "uint64_t"),
+    "VHOST_SET_FEATURES": (IOC_WRITE, 0x00, "uint64_t"),
+    "VHOST_SET_OWNER": (IOC_NONE, 0x01, None),
+    "VHOST_SET_MEM_TABLE": (IOC_WRITE, 0x03, "struct vhost_memory"),
+    "VHOST_SET_VRING_NUM": (IOC_WRITE, 0x10, "struct vhost_vring_state"),
+    "VHOST_SET_VRING_ADDR": (IOC_WRITE, 0x11, "struct vhost_vring_addr"),
+    "VHOST_SET_VRING_BASE": (IOC_WRITE, 0x12, "struct vhost_vring_state"),
+    "VHOST_SET_VRING_KICK": (IOC_WRITE, 0x20, "struct vhost_vring_file"),
+    "VHOST_SET_VRING_CALL": (IOC_WRITE, 0x21, "struct vhost_vring_file"),
+    "VHOST_VSOCK_SET_GUEST_CID": (IOC_WRITE, 0x60, "uint64_t"),
+    "VHOST_VSOCK_SET_RUNNING": (IOC_WRITE, 0x61, "int"),
+}
+
+# /dev/net/tun (<linux/if_tun.h>). TUNSETIFF is declared with an int argument although it takes a struct ifreq.
+TUN: dict[str, IoctlSpec] = {
+    "TUNSETIFF": (IOC_WRITE, 202, "int"),
+    "TUNSETPERSIST": (IOC_WRITE, 203, "int"),
+    "TUNSETOFFLOAD": (IOC_WRITE, 208, "unsigned int"),
+    "TUNSETVNETHDRSZ": (IOC_WRITE, 216, "int"),
+}
+
+# (ioctl type, table) per arch
+BY_ARCH: dict[str, list[tuple[int, dict[str, IoctlSpec]]]] = {
+    "x86_64": [(KVMIO, COMMON | X86_64), (VHOST_VIRTIO, VHOST), (TUN_MAGIC, TUN)],
+    "arm64": [(KVMIO, COMMON | ARM64), (VHOST_VIRTIO, VHOST), (TUN_MAGIC, TUN)],
 }

@@ -1,6 +1,7 @@
-"""The cffi declarations, ioctl numbers and constants of pyvmm_bindings agree with <linux/kvm.h>.
+"""The cffi declarations, ioctl numbers and constants of pyvmm_bindings agree with the kernel headers: <linux/kvm.h>,
+<linux/vhost.h>, <linux/if.h>, <linux/if_tun.h>, <linux/virtio_net.h> and <linux/falloc.h>.
 
-For each arch, a C file including <linux/kvm.h> is compiled with -S (never linked or
+For each arch, a C file including those headers is compiled with -S (never linked or
 run, so the arm64 side needs only aarch64-linux-gnu-gcc and the arm64 cross headers):
 every value to check becomes an immediate operand in an `.ascii "->N value"` line
 (the kernel's asm-offsets trick), which is parsed from the assembly and compared
@@ -35,11 +36,13 @@ GNU_TRIPLE = {"x86_64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 MASK64 = (1 << 64) - 1
 
 # In constants.py on purpose but newer than Debian 12's 6.1 headers, so no header here defines them.
-NEWER_THAN_HEADERS = {"KVM_EXIT_LOONGARCH_IOCSR", "KVM_EXIT_MEMORY_FAULT", "KVM_ARM_VCPU_HAS_EL2"}
+NEWER_THAN_HEADERS = {"KVM_EXIT_LOONGARCH_IOCSR", "KVM_EXIT_MEMORY_FAULT", "KVM_ARM_VCPU_HAS_EL2",
+                      "KVM_CAP_PRE_FAULT_MEMORY"}
+# Prefixes of the names in pyvmm_bindings.constants that the headers define (the rest are pyvmm's own tables).
+CONSTANT_PREFIXES = ("KVM_", "FALLOC_FL_", "IFF_", "TUN_F_")
+HEADERS = ("linux/kvm.h", "linux/vhost.h", "linux/if.h", "linux/if_tun.h", "linux/virtio_net.h", "linux/falloc.h")
 
-PRELUDE = """\
-#include <stddef.h>
-#include <linux/kvm.h>
+PRELUDE = "#include <stddef.h>\n" + "".join(f"#include <{h}>\n" for h in HEADERS) + """\
 /* asm/kvm.h (arm64) uses the kernel-internal SZ_64K in KVM_VGIC_V3_*_SIZE. */
 #ifndef SZ_64K
 #define SZ_64K 0x10000
@@ -111,7 +114,7 @@ def checks_for(arch: str) -> list[Check]:
     for name, value in b.ioctls.items():
         checks.append(Check(f"ioctl {name}", name, value))
     for name, value in vars(constants).items():
-        if not name.startswith("KVM_"):
+        if not name.startswith(CONSTANT_PREFIXES):
             continue
         expected = value.get(arch) if isinstance(value, dict) else value
         if isinstance(expected, int):
@@ -134,15 +137,16 @@ def c_values(arch: str) -> tuple[list[Check], dict[int, int]] | str:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"layout_{arch}.c"
         src.write_text("\n".join(lines))
-        probe = subprocess.run([cc, "-E", "-x", "c", "-", "-o", os.devnull], input="#include <linux/kvm.h>\n",
+        probe = subprocess.run([cc, "-E", "-x", "c", "-", "-o", os.devnull],
+                               input="".join(f"#include <{h}>\n" for h in HEADERS),
                                capture_output=True, text=True, timeout=60)
         if probe.returncode != 0:
-            return f"{cc} cannot find <linux/kvm.h> for {arch}: {probe.stderr.strip().splitlines()[-1]}"
+            return f"{cc} cannot find the kernel headers for {arch}: {probe.stderr.strip().splitlines()[-1]}"
         result = subprocess.run([cc, "-S", "-O0", "-o", "-", str(src)], capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         # A declared field the header does not have is a compile error: show it, it names the field.
         errors = [line for line in result.stderr.splitlines() if "error" in line][:10]
-        pytest.fail(f"{arch}: the layout probe does not compile against <linux/kvm.h>:\n" + "\n".join(errors))
+        pytest.fail(f"{arch}: the layout probe does not compile against the kernel headers:\n" + "\n".join(errors))
     found = {int(m.group(1)): int(m.group(2)) & MASK64
              for m in re.finditer(r"->(\d+) [$#]?(-?\d+)", result.stdout)}
     return checks, found
@@ -158,7 +162,7 @@ def mismatches(arch: str, kinds: tuple[str, ...]) -> list[str]:
         if not c.what.startswith(kinds) or i not in found:
             continue
         if c.expected & MASK64 != found[i]:
-            bad.append(f"{arch} {c.what}: pyvmm_bindings {c.expected:#x} != <linux/kvm.h> {found[i]:#x}")
+            bad.append(f"{arch} {c.what}: pyvmm_bindings {c.expected:#x} != the headers' {found[i]:#x}")
     return bad
 
 
@@ -177,6 +181,8 @@ def test_every_struct_field_was_checked(arch: str) -> None:
     unchecked = [c.what for i, c in enumerate(checks) if c.guard is None and i not in found]
     assert not unchecked, f"{arch}: no value parsed from the assembly for: {unchecked[:10]}"
     assert any(c.what == "struct kvm_run: offsetof(io.port)" for c in checks)
+    assert any(c.what == "struct vhost_vring_addr: offsetof(avail_user_addr)" for c in checks)
+    assert any(c.what == "struct ifreq: offsetof(ifr_ifru.ifru_flags)" for c in checks)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -200,7 +206,7 @@ def test_every_constant_is_defined_by_some_header() -> None:
             missing(got)
         checks, found = got
         defined |= {checks[i].guard for i in found if checks[i].guard}
-    ours = {name for name in vars(constants) if name.startswith("KVM_")}
+    ours = {name for name in vars(constants) if name.startswith(CONSTANT_PREFIXES)}
     unknown = ours - defined - NEWER_THAN_HEADERS
     assert not unknown, f"constants no installed header defines (misspelt?): {sorted(unknown)}"
     assert NEWER_THAN_HEADERS <= ours
@@ -213,6 +219,10 @@ def test_known_ioctl_numbers_without_a_compiler() -> None:
     assert (arm.KVM_ARM_VCPU_INIT, arm.KVM_GET_REG_LIST, arm.KVM_CREATE_DEVICE) == (0x4020AEAE, 0xC008AEB0, 0xC00CAEE0)
     assert arm.core_reg_id("regs", "pc") == 0x6030000000100040
     assert arm.ffi.sizeof("struct kvm_run") == x86.ffi.sizeof("struct kvm_run") == 2352
+    # what vsock.py and net.py used to write by hand
+    assert (x86.VHOST_SET_VRING_ADDR, x86.VHOST_GET_FEATURES, x86.VHOST_VSOCK_SET_RUNNING) == (
+        0x4028AF11, 0x8008AF00, 0x4004AF61)
+    assert (arm.TUNSETIFF, arm.TUNSETOFFLOAD, arm.TUNSETVNETHDRSZ) == (0x400454CA, 0x400454D0, 0x400454D8)
 
 
 def test_generated_cffi_modules_are_up_to_date() -> None:
