@@ -15,11 +15,13 @@ import os
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-KVM_CHECK_EXTENSION = 0xAE03
-KVM_ENABLE_CAP = 0x4068AEA3  # struct kvm_enable_cap: u32 cap, u32 flags, u64 args[4], u8 pad[64]
+from pyvmm_bindings import constants as k
 
 # x86 KVM_X86_DISABLE_EXITS_* bits (include/uapi/linux/kvm.h)
-X86_DISABLE_EXITS_BITS: dict[str, int] = {"mwait": 1, "hlt": 2, "pause": 4, "cstate": 8}
+X86_DISABLE_EXITS_BITS: dict[str, int] = {
+    "mwait": k.KVM_X86_DISABLE_EXITS_MWAIT, "hlt": k.KVM_X86_DISABLE_EXITS_HLT,
+    "pause": k.KVM_X86_DISABLE_EXITS_PAUSE, "cstate": k.KVM_X86_DISABLE_EXITS_CSTATE,
+}
 # arm64 KVM_ARM_DISABLE_EXITS_* bits (out-of-tree patch, April 2026)
 ARM_DISABLE_EXITS_BITS: dict[str, int] = {"wfi": 1, "wfe": 2}
 
@@ -50,16 +52,15 @@ class Cap:
 
 # Upstream caps whose numbers out-of-tree patches are known to reuse (include/uapi/linux/kvm.h).
 UPSTREAM_NUMBERS: dict[int, str] = {
-    143: "KVM_CAP_X86_DISABLE_EXITS",
-    182: "KVM_CAP_HALT_POLL",
-    203: "KVM_CAP_BINARY_STATS_FD",
-    236: "KVM_CAP_PRE_FAULT_MEMORY",
+    getattr(k, name): name for name in ("KVM_CAP_X86_DISABLE_EXITS", "KVM_CAP_HALT_POLL", "KVM_CAP_BINARY_STATS_FD",
+                                        "KVM_CAP_PRE_FAULT_MEMORY")
 }
 
+# Upstream numbers come from the bindings; the out-of-tree ones are only defaults (see the module docstring).
 _BUILTIN: tuple[Cap, ...] = (
-    Cap("KVM_CAP_HALT_POLL", 182, None, True, "built-in"),
-    Cap("KVM_CAP_X86_DISABLE_EXITS", 143, "x86_64", True, "built-in"),
-    Cap("KVM_CAP_BINARY_STATS_FD", 203, None, True, "built-in"),
+    Cap("KVM_CAP_HALT_POLL", k.KVM_CAP_HALT_POLL, None, True, "built-in"),
+    Cap("KVM_CAP_X86_DISABLE_EXITS", k.KVM_CAP_X86_DISABLE_EXITS, "x86_64", True, "built-in"),
+    Cap("KVM_CAP_BINARY_STATS_FD", k.KVM_CAP_BINARY_STATS_FD, None, True, "built-in"),
     Cap("KVM_CAP_ARM_WFX_TRAP_RUNQUEUE_DEPTH", 236, "arm64", False, "built-in"),
     Cap("KVM_CAP_ARM_DISABLE_EXITS", 248, "arm64", False, "built-in"),
 )

@@ -9,18 +9,15 @@ changes how often a vCPU is descheduled; the CPU count bounds what pinning can d
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import platform
 import re
 import shlex
-import struct
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .caps import KVM_CHECK_EXTENSION, KVM_ENABLE_CAP, CapTable, cap_table
+from .caps import CapTable, cap_table
 
-KVM_CREATE_VM = 0xAE01
 WFX_POLICY_MIN_KERNEL = (6, 11)  # kvm-arm.wf{i,e}_trap_policy first honoured in 6.11
 KVM_MODULE_PARAMS = ("halt_poll_ns", "halt_poll_ns_grow", "halt_poll_ns_grow_start",
                      "halt_poll_ns_shrink")
@@ -226,27 +223,6 @@ class Mechanism:
     arch: str | None = None
 
 
-def _enable_cap_struct(cap: int, *args: int) -> bytes:
-    a = list(args) + [0] * (4 - len(args))
-    return struct.pack("<II4Q64x", cap, 0, *a)
-
-
-class _RawVM:
-    """Minimal throwaway VM on raw fds (same duck-typed interface as pyvmm's VM)."""
-
-    def __init__(self, kvm_fd: int) -> None:
-        self.fd = fcntl.ioctl(kvm_fd, KVM_CREATE_VM, 0)
-
-    def check_extension(self, cap: int) -> int:
-        return fcntl.ioctl(self.fd, KVM_CHECK_EXTENSION, cap)
-
-    def enable_cap(self, cap: int, *args: int) -> None:
-        fcntl.ioctl(self.fd, KVM_ENABLE_CAP, _enable_cap_struct(cap, *args))
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 def _try(vm: Any, cap: int, *args: int) -> OSError | None:
     try:
         vm.enable_cap(cap, *args)
@@ -269,19 +245,18 @@ def probe_mechanisms(target: int | Any | None = None, *, caps: CapTable | None =
     With trial=False a "yes" from CHECK_EXTENSION on a colliding number is reported ambiguous.
     trial_vm: use this (caller-owned, disposable) VM object for the trials instead of creating one.
     """
+    from pyvmm.kvm.system import Kvm
+    from pyvmm.kvm.vm import Vm
+
     caps = caps or cap_table()
     host = host or probe_host()
-    own_kvm = None
-    if target is None or isinstance(target, int):
-        kvm_fd = target if isinstance(target, int) else os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-        if target is None:
-            own_kvm = kvm_fd
-
-        def check(cap: int) -> int:
-            return fcntl.ioctl(kvm_fd, KVM_CHECK_EXTENSION, cap)
-    else:
-        kvm_fd = None
-        check = target.check_extension
+    own_kvm: Kvm | None = None
+    kvm: Kvm | None = None
+    if target is None:
+        kvm = own_kvm = Kvm.open()
+    elif isinstance(target, int):
+        kvm = Kvm(target)  # the caller's fd: not closed here
+    check = kvm.check_extension if kvm is not None else target.check_extension
 
     def check_safe(cap: int) -> int:
         try:
@@ -289,18 +264,18 @@ def probe_mechanisms(target: int | Any | None = None, *, caps: CapTable | None =
         except OSError:
             return 0
 
-    own_vm: _RawVM | None = None
+    own_vm: Vm | None = None
     try:
         if trial and trial_vm is None:
-            if kvm_fd is None:
-                own_kvm = kvm_fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-            trial_vm = own_vm = _RawVM(kvm_fd)
+            if kvm is None:
+                kvm = own_kvm = Kvm.open()
+            trial_vm = own_vm = Vm(kvm)
         return _probe(caps, host, check_safe, trial_vm if trial else None)
     finally:
         if own_vm is not None:
             own_vm.close()
         if own_kvm is not None:
-            os.close(own_kvm)
+            own_kvm.close()
 
 
 def _probe(caps: CapTable, host: HostInfo, check, vm: Any | None) -> list[Mechanism]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import platform
 
@@ -15,7 +14,10 @@ from pyvmm.idle.apply import (
     apply_before_vcpus, apply_live,
 )
 from pyvmm.idle.caps import cap_table
-from pyvmm.idle.host import HostInfo, PreemptModel, _RawVM
+from pyvmm.idle.host import HostInfo, PreemptModel
+from pyvmm.kvm.system import Kvm
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vm import Vm
 from pyvmm.idle.policy import IdlePolicy
 
 CAPS = cap_table(environ={})
@@ -180,11 +182,11 @@ needs_x86_kvm = pytest.mark.skipif(
 
 @pytest.fixture
 def raw_vm():
-    kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    vm = _RawVM(kvm)
+    kvm = Kvm.open()
+    vm = Vm(kvm)
     yield kvm, vm
     vm.close()
-    os.close(kvm)
+    kvm.close()
 
 
 @needs_x86_kvm
@@ -211,12 +213,12 @@ def test_real_x86_mwait_refused_by_mask(raw_vm):
 @needs_x86_kvm
 def test_real_x86_disable_exits_after_vcpu_refused(raw_vm):
     _, vm = raw_vm
-    vcpu = fcntl.ioctl(vm.fd, 0xAE41, 0)
+    vcpu = Vcpu(vm, 0)
     try:
         with pytest.raises(IdlePolicyError, match="must come before any vCPU"):
             apply_before_vcpus(vm, IdlePolicy(idle_exits={"hlt"}), "x86_64", caps=CAPS)
     finally:
-        os.close(vcpu)
+        vcpu.close()
 
 
 class _Vcpu:
