@@ -14,7 +14,8 @@ import pyvmm_bindings
 
 bindings = pyvmm_bindings.load()
 ffi = bindings.ffi
-_libc_ioctl = bindings.lib.ioctl
+libc = bindings.lib  # the libc functions declared in bindings/cdefs (ioctl, fallocate)
+_libc_ioctl = libc.ioctl
 _NULL = ffi.NULL
 
 

@@ -20,9 +20,21 @@ class MemoryRegion:
     size: int
     mapping: mmap.mmap
     view: memoryview = field(init=False, repr=False)
+    _host_base: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.view = memoryview(self.mapping)
+
+    @property
+    def host_base(self) -> int:
+        """The host virtual address of the mapping (stable for its lifetime), for interfaces that take one."""
+        if self._host_base is None:
+            from pyvmm.kvm.ioctl import ffi
+
+            buffer = ffi.from_buffer(self.mapping)
+            self._host_base = int(ffi.cast("uintptr_t", buffer))
+            ffi.release(buffer)
+        return self._host_base
 
     @property
     def end(self) -> int:
@@ -83,6 +95,12 @@ class GuestMemory:
         """A zero-copy view of guest RAM, for os.preadv/pwritev and parsing in place."""
         region, offset = self._locate(gpa, length)
         return region.view[offset : offset + length]
+
+    def host_address(self, gpa: int, length: int) -> int:
+        """The host virtual address of [gpa, gpa + length), which must lie in one region: for a kernel backend
+        (vhost) that reads guest RAM itself. Raises GuestMemoryError outside RAM."""
+        region, offset = self._locate(gpa, length)
+        return region.host_base + offset
 
     def read(self, gpa: int, length: int) -> bytes:
         return bytes(self.view(gpa, length))

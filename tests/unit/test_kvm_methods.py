@@ -102,3 +102,16 @@ def test_stats_fds_are_binary_stats(vm):
         pytest.skip("no binary stats")
     with StatsReader(vm.stats_fd(), owns_fd=True) as reader:
         assert reader.layout.names()
+
+
+def test_guest_memory_host_address_is_where_the_ram_is_mapped(vm):
+    import ctypes
+
+    from pyvmm.errors import GuestMemoryError
+
+    vm.add_ram(0x10_0000, 0x10_0000)
+    vm.memory.write(0x12_3450, b"vhost sees this")
+    address = vm.memory.host_address(0x12_3450, 15)
+    assert ctypes.string_at(address, 15) == b"vhost sees this"
+    with pytest.raises(GuestMemoryError):
+        vm.memory.host_address(0x1F_FFF0, 0x20)  # runs past the end of RAM

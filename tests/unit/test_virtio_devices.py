@@ -19,7 +19,6 @@ from pyvmm.devices.virtio.config import (
 )
 from pyvmm.devices.virtio.console import Console
 from pyvmm.devices.virtio.rng import Rng
-from pyvmm.devices.virtio.transport import guarded
 from pyvmm.devices.virtio.worker import DeviceWorker
 from pyvmm.errors import HostResourceError, MissingFileError, UsageError
 from tests.unit.test_virtio_queue import DATA, make
@@ -115,7 +114,7 @@ def test_a_request_without_status_byte_stops_the_device(image):
     device, t, d, mem = started_blk(DiskConfig(image))
     mem.write(HDR, struct.pack("<IIQ", b.T_IN, 0, 0))
     d.add(0, [(HDR, 16)], [])
-    guarded(t, "queue 0", device.notify, 0)
+    t.notify(0)
     assert t.read(v.MMIO_STATUS, 4) & v.STATUS_DEVICE_NEEDS_RESET
     device.close()
     t.close()
@@ -186,7 +185,7 @@ def test_the_worker_serves_notifications_from_the_eventfd_on_its_own_thread():
     t, d, mem, irq, device = make(Rng())
     assert d.start()
     worker = DeviceWorker("rng-test")
-    worker.watch(t.notify_fds[0], lambda: guarded(t, "queue 0", device.notify, 0), drain_eventfd=True)
+    t.serve_on(worker)
     worker.start()
     try:
         d.add(0, [], [(BUF, 32)])

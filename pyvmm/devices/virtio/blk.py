@@ -21,9 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pyvmm.devices.virtio.config import DiskConfig
 from pyvmm.devices.virtio.constants import ID_BLOCK
-from pyvmm.devices.virtio.device import VirtioDeviceBase
-from pyvmm.devices.virtio.virtqueue import Chain, VirtqueueError, views, write_to
+from pyvmm.devices.virtio.device import VirtioDevice
+from pyvmm.devices.virtio.virtqueue import Chain, VirtqueueError, read_from, views, write_to
 from pyvmm.errors import HostResourceError, MissingFileError
+from pyvmm.kvm.ioctl import ffi, libc
+from pyvmm_bindings.constants import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +45,15 @@ SEGMENT = struct.Struct("<QII")  # discard / write-zeroes: sector, num_sectors, 
 WZ_UNMAP = 1
 QUEUE_SIZE = 256
 MAX_DISCARD_SECTORS = (1 << 32) - 1 & ~7
+# Segments per DISCARD / WRITE_ZEROES request, advertised as max_discard_seg / max_write_zeroes_seg: the payload a
+# request may carry is bounded by this, whatever lengths its descriptors claim.
+MAX_SEGMENTS = 1
 ZERO_CHUNK = 1 << 20
-
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
-
-_libc = None
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    """fallocate(2) with a mode (os.posix_fallocate has none), through cffi's ABI mode."""
-    global _libc
-    if _libc is None:
-        import cffi
-
-        ffi = cffi.FFI()
-        ffi.cdef("int fallocate(int fd, int mode, int64_t offset, int64_t len);")
-        _libc = (ffi, ffi.dlopen(None))
-    ffi, lib = _libc
-    if lib.fallocate(fd, mode, offset, length) != 0:
+    """fallocate(2) with a mode (os.posix_fallocate has none), declared in pyvmm_bindings' cffi module."""
+    if libc.fallocate(fd, mode, offset, length) != 0:
         err = ffi.errno
         raise OSError(err, os.strerror(err))
 
@@ -78,7 +69,7 @@ def _supports(fd: int, mode: int, size: int) -> bool:
     return True
 
 
-class Block(VirtioDeviceBase):
+class Block(VirtioDevice):
     device_id = ID_BLOCK
     queue_sizes = (QUEUE_SIZE,)
 
@@ -150,8 +141,8 @@ class Block(VirtioDeviceBase):
         config[32] = 1 if self.volatile_cache else 0  # writeback
         struct.pack_into("<H", config, 34, 1)  # num_queues
         if self.can_discard:
-            struct.pack_into("<III", config, 36, MAX_DISCARD_SECTORS, 1, 8)
-        struct.pack_into("<II", config, 48, MAX_DISCARD_SECTORS, 1)
+            struct.pack_into("<III", config, 36, MAX_DISCARD_SECTORS, MAX_SEGMENTS, 8)
+        struct.pack_into("<II", config, 48, MAX_DISCARD_SECTORS, MAX_SEGMENTS)
         config[56] = 1 if self.can_discard else 0  # write_zeroes_may_unmap
         return bytes(config)
 
@@ -159,27 +150,19 @@ class Block(VirtioDeviceBase):
         return self._config
 
     # -- requests (worker thread) -------------------------------------------------------------------------------
-    def notify(self, queue: int) -> None:
-        transport = self.transport
-        while True:
-            generation, chains = transport.take(queue, limit=64)
-            if not chains:
-                return
-            for chain in chains:  # malformed requests stop the device before any I/O of the batch
-                if chain.readable_len < HEADER.size or chain.writable_len < 1:
-                    raise VirtqueueError("a block request without its 16-byte header or its status byte")
-            if len(chains) == 1:
-                done = [(chains[0].head, self.request(chains[0]))]
-            else:
-                done = list(zip((c.head for c in chains), self._pool.map(self.request, chains)))
-            transport.complete(queue, generation, done)
+    def serve_batch(self, index: int, chains: list[Chain]) -> list[int]:
+        for chain in chains:  # malformed requests stop the device before any I/O of the batch
+            if chain.readable_len < HEADER.size or chain.writable_len < 1:
+                raise VirtqueueError("a block request without its 16-byte header or its status byte")
+        if len(chains) == 1:
+            return [self.serve(index, chains[0])]
+        return list(self._pool.map(self.serve, [index] * len(chains), chains))
 
-    def request(self, chain: Chain) -> int:
+    def serve(self, index: int, chain: Chain) -> int:
         """Serve one request; returns the number of bytes written into the chain (data + status)."""
-        memory = self.transport.memory
-        kind, _, sector = HEADER.unpack(bytes(b"".join(views(memory, chain.readable, 0, HEADER.size))))
+        memory = self.memory
+        kind, _, sector = HEADER.unpack(read_from(memory, chain.readable, HEADER.size))
         data_out = views(memory, chain.readable, HEADER.size)
-        status_gpa = chain.writable[-1][0] + chain.writable[-1][1] - 1
         data_in_len = chain.writable_len - 1
         written = 0
         try:
@@ -187,7 +170,7 @@ class Block(VirtioDeviceBase):
         except OSError as err:
             log.debug("%s: request %d at sector %d: %s", self.name, kind, sector, err)
             status = S_IOERR
-        memory.write_int(status_gpa, 1, status)
+        memory.write_int(_status_byte(chain), 1, status)
         return written + 1
 
     def _in_range(self, sector: int, length: int) -> bool:
@@ -195,7 +178,7 @@ class Block(VirtioDeviceBase):
 
     def _serve(self, kind: int, sector: int, data_out: list[memoryview], chain: Chain,
                data_in_len: int) -> tuple[int, int]:
-        memory = self.transport.memory
+        memory = self.memory
         if kind == T_IN:
             if not self._in_range(sector, data_in_len):
                 return S_IOERR, 0
@@ -218,9 +201,11 @@ class Block(VirtioDeviceBase):
         if kind in (T_DISCARD, T_WRITE_ZEROES):
             if self.config.read_only or (kind == T_DISCARD and not self.can_discard):
                 return (S_IOERR if self.config.read_only else S_UNSUPP), 0
-            raw = b"".join(bytes(b) for b in data_out)
-            if not raw or len(raw) % SEGMENT.size:
+            # Lengths first: a descriptor may claim all of guest RAM, the request needs MAX_SEGMENTS * 16 bytes.
+            length = chain.readable_len - HEADER.size
+            if not 0 < length <= MAX_SEGMENTS * SEGMENT.size or length % SEGMENT.size:
                 return S_IOERR, 0
+            raw = read_from(memory, chain.readable, HEADER.size + length)[HEADER.size:]
             for offset in range(0, len(raw), SEGMENT.size):
                 start, count, flags = SEGMENT.unpack_from(raw, offset)
                 if not self._in_range(start, count * SECTOR):
@@ -247,3 +232,12 @@ class Block(VirtioDeviceBase):
         if self.fd >= 0:
             os.close(self.fd)  # closing the last descriptor drops the flock
             self.fd = -1
+
+
+def _status_byte(chain: Chain) -> int:
+    """The guest address of the status byte: the last byte of the device-writable part (5.2.6), i.e. of its last
+    non-empty buffer (a zero-length descriptor may end the chain). serve_batch made sure there is one."""
+    for gpa, length in reversed(chain.writable):
+        if length:
+            return gpa + length - 1
+    raise VirtqueueError("a block request without its status byte")

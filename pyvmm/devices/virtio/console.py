@@ -12,18 +12,19 @@ from collections import deque
 from typing import Callable
 
 from pyvmm.devices.virtio.constants import ID_CONSOLE
-from pyvmm.devices.virtio.device import VirtioDeviceBase
-from pyvmm.devices.virtio.virtqueue import read_from, write_to
+from pyvmm.devices.virtio.device import VirtioDevice
+from pyvmm.devices.virtio.virtqueue import Chain, read_from, write_to
 
 RX, TX = 0, 1
 RX_LIMIT = 1 << 16
 TX_LIMIT = 1 << 20  # per chain: a console line is never this long
 
 
-class Console(VirtioDeviceBase):
+class Console(VirtioDevice):
     name = "console"
     device_id = ID_CONSOLE
     queue_sizes = (64, 64)
+    batch = 32
 
     def __init__(self, output: Callable[[bytes], None]) -> None:
         super().__init__()
@@ -32,6 +33,9 @@ class Console(VirtioDeviceBase):
         self._input_size = 0
         self._input_lock = threading.Lock()
         self.input_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def config_space(self) -> bytes:
+        return b""  # no F_SIZE, F_MULTIPORT or F_EMERG_WRITE: nothing to configure
 
     def feed(self, data: bytes) -> None:
         """Host input for the guest (console thread)."""
@@ -52,33 +56,30 @@ class Console(VirtioDeviceBase):
             pass
         self._deliver()
 
-    def notify(self, queue: int) -> None:
-        if queue == RX:
+    def notify(self, index: int) -> None:
+        if index == RX:
             self._deliver()
-            return
-        transport = self.transport
-        while True:
-            generation, chains = transport.take(TX, limit=32)
-            if not chains:
-                return
-            for chain in chains:
-                data = read_from(transport.memory, chain.readable, TX_LIMIT)
-                if data:
-                    self.output(data)
-            transport.complete(TX, generation, [(chain.head, 0) for chain in chains])
+        else:
+            super().notify(index)
+
+    def serve(self, index: int, chain: Chain) -> int:
+        """A transmitq chain: the guest's output."""
+        data = read_from(self.memory, chain.readable, TX_LIMIT)
+        if data:
+            self.output(data)
+        return 0
 
     def _deliver(self) -> None:
-        transport = self.transport
-        if transport is None:
-            return
+        if len(self.queues) <= RX:
+            return  # not activated: the input waits in the buffer
+        queue = self.queues[RX]
         while True:
             with self._input_lock:
                 if not self._input:
                     return
-            generation, chains = transport.take(RX, limit=1)
-            if not chains:
+            chain = queue.pop()
+            if chain is None:
                 return  # the guest will notify RX when it posts buffers
-            chain = chains[0]
             with self._input_lock:
                 data = b"".join(self._input)
                 self._input.clear()
@@ -88,8 +89,7 @@ class Console(VirtioDeviceBase):
                 if rest:
                     self._input.appendleft(rest)
                     self._input_size = len(rest)
-            written = write_to(transport.memory, chain.writable, taken)
-            transport.complete(RX, generation, [(chain.head, written)])
+            queue.complete(chain, write_to(self.memory, chain.writable, taken))
 
     def close(self) -> None:
         if self.input_fd >= 0:

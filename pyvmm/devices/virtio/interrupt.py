@@ -13,25 +13,20 @@ when InterruptACK clears the last one.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from pyvmm.kvm.vm import Vm
 
 
 class IrqfdInterrupt:
-    def __init__(self, vm, gsi: int) -> None:
-        from pyvmm_bindings import constants as c
-        from pyvmm.kvm.ioctl import bindings, ioctl, new
-
+    def __init__(self, vm: Vm, gsi: int) -> None:
         self.vm = vm
         self.gsi = gsi
         self.trigger_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.resample_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        request = new("struct kvm_irqfd *")
-        request.fd = self.trigger_fd
-        request.gsi = gsi
-        request.flags = c.KVM_IRQFD_FLAG_RESAMPLE
-        request.resamplefd = self.resample_fd
         try:
-            ioctl(vm.fd, bindings.KVM_IRQFD, request)
+            vm.irqfd(self.trigger_fd, gsi, resample_fd=self.resample_fd)
         except OSError:
             self._close_fds()
             raise
@@ -57,7 +52,7 @@ class IrqfdInterrupt:
 class LineInterrupt:
     def __init__(self, set_level: Callable[[int], None]) -> None:
         self.set_level = set_level
-        self.resample_fd = None
+        self.resample_fd: int | None = None  # no resampling: InterruptACK lowers the line
 
     def trigger(self) -> None:
         self.set_level(1)

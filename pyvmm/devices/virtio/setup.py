@@ -15,9 +15,9 @@ from typing import Callable
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.virtio import config as vc
 from pyvmm.devices.virtio.constants import MMIO_QUEUE_NOTIFY, MMIO_SIZE
-from pyvmm.devices.virtio.device import VirtioDeviceBase
+from pyvmm.devices.virtio.device import VirtioDevice
 from pyvmm.devices.virtio.interrupt import IrqfdInterrupt, LineInterrupt
-from pyvmm.devices.virtio.transport import MmioTransport, guarded
+from pyvmm.devices.virtio.transport import MmioTransport
 from pyvmm.devices.virtio.worker import DeviceWorker
 from pyvmm.errors import UsageError
 
@@ -29,7 +29,7 @@ class Slot:
     index: int
     base: int
     irq: int  # arm64: SPI number; x86_64: IOAPIC GSI
-    device: VirtioDeviceBase
+    device: VirtioDevice
     transport: MmioTransport
     worker: DeviceWorker
     interrupt: IrqfdInterrupt | LineInterrupt
@@ -50,7 +50,7 @@ class VirtioDevices:
         """x86_64: the `virtio_mmio.device=<size>@<base>:<irq>` parameters Linux needs to find the slots."""
         return [f"virtio_mmio.device={MMIO_SIZE:#x}@{s.base:#x}:{s.irq}" for s in self.slots]
 
-    def find(self, kind: type) -> list[VirtioDeviceBase]:
+    def find(self, kind: type) -> list[VirtioDevice]:
         return [s.device for s in self.slots if isinstance(s.device, kind)]
 
     def console_input(self) -> Callable[[bytes], None] | None:
@@ -70,8 +70,7 @@ class VirtioDevices:
         self.slots.clear()
 
 
-def make_device(spec: vc.DeviceConfig, index: int, console_output: Callable[[bytes], None],
-                memory=None) -> VirtioDeviceBase:
+def make_device(spec: vc.DeviceConfig, index: int, console_output: Callable[[bytes], None]) -> VirtioDevice:
     if isinstance(spec, vc.DiskConfig):
         from pyvmm.devices.virtio.blk import Block
 
@@ -91,7 +90,7 @@ def make_device(spec: vc.DeviceConfig, index: int, console_output: Callable[[byt
     if isinstance(spec, vc.VsockConfig):
         from pyvmm.devices.virtio.vsock import Vsock
 
-        return Vsock(spec, memory)
+        return Vsock(spec)
     raise UsageError(f"unknown virtio device configuration {spec!r}")
 
 
@@ -130,7 +129,7 @@ def _attach_all(vm, mmio_bus: Bus, ordered: list, console_output: Callable[[byte
     for n, spec in enumerate(ordered):
         kind_index = counts.get(type(spec), 0)
         counts[type(spec)] = kind_index + 1
-        device = make_device(spec, kind_index, console_output, vm.memory)
+        device = make_device(spec, kind_index, console_output)
         slot_base = base + n * stride
         line_irq = line_of(n)
         try:
@@ -140,23 +139,14 @@ def _attach_all(vm, mmio_bus: Bus, ordered: list, console_output: Callable[[byte
             raise
         transport = MmioTransport(device, vm.memory, interrupt)
         worker = DeviceWorker(device.name)
-        device.worker = worker
         devices.slots.append(Slot(n, slot_base, irq_of(n), device, transport, worker, interrupt))
         mmio_bus.register(slot_base, MMIO_SIZE, transport)
-        in_kernel = getattr(device, "vhost_queues", ())  # vhost reads those eventfds itself
         for q, fd in enumerate(transport.notify_fds):
             try:
                 vm.ioeventfd(fd, slot_base + MMIO_QUEUE_NOTIFY, 4, datamatch=q)
             except OSError as err:  # QueueNotify then exits to userspace and `write` forwards it to the worker
                 log.info("%s: KVM_IOEVENTFD refused (%s): notifications exit to userspace", device.name, err.strerror)
-            if q in in_kernel:
-                continue
-            worker.watch(fd, lambda q=q, t=transport, d=device: guarded(t, f"queue {q}", d.notify, q),
-                         drain_eventfd=True)
-        if interrupt.resample_fd is not None:
-            worker.watch(interrupt.resample_fd, transport.resample, drain_eventfd=True)
-        for fd, callback in device.watched_fds():
-            worker.watch(fd, lambda c=callback, t=transport, w=f"{device.name} host input": guarded(t, w, c))
+        transport.serve_on(worker)
         worker.start()
         log.debug("%s: virtio-mmio at %#x, irq %d via %s, %d queue(s)", device.name, slot_base, irq_of(n),
                   "KVM_IRQFD+resamplefd" if isinstance(interrupt, IrqfdInterrupt) else "KVM_IRQ_LINE",

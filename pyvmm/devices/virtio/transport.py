@@ -1,9 +1,11 @@
 """The virtio-mmio transport, version 2 (virtio 1.2, 4.2): the register file a driver sees, over one device.
 
-vCPU threads call `read`/`write` (register accesses exit to userspace); a device's worker thread calls `take` and
-`complete` to move chains. One lock serialises both: it is held only for register updates and ring bookkeeping,
-never across host I/O, so a vCPU never waits for a disk or a TAP. A reset bumps `generation`, so completions of
-requests taken before the reset are dropped instead of landing in a re-initialised ring.
+vCPU threads call `read`/`write` (register accesses exit to userspace). The device (pyvmm/devices/virtio/device.py)
+never sees this class: on DRIVER_OK it is activated with queue handles and an interrupt that this module implements,
+and its worker thread moves chains through them. One lock serialises both sides: it is held only for register
+updates and ring bookkeeping, never across host I/O, so a vCPU never waits for a disk or a TAP. A reset bumps
+`generation`, which retires every handle of the previous activation, and disabling a queue bumps its epoch, so
+completions of requests taken before either are dropped instead of landing in a re-initialised ring.
 
 Interrupts are level-triggered SPIs. The InterruptStatus bit is set before the interrupt is signalled, and the line
 follows the register: with irqfd + resamplefd (the default where KVM_CAP_IRQFD_RESAMPLE exists) KVM lowers the line
@@ -16,10 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Protocol
+import time
+from typing import Callable, Protocol
 
 from pyvmm.devices.virtio import constants as v
+from pyvmm.devices.virtio.device import Interrupt, Queue, VhostRing, VirtioDevice
 from pyvmm.devices.virtio.virtqueue import Chain, Memory, Virtqueue, VirtqueueError
+from pyvmm.devices.virtio.worker import DeviceWorker
 from pyvmm.errors import GuestMemoryError
 
 log = logging.getLogger(__name__)
@@ -27,7 +32,9 @@ log = logging.getLogger(__name__)
 TRANSPORT_FEATURES = (1 << v.F_VERSION_1) | (1 << v.F_RING_INDIRECT_DESC) | (1 << v.F_RING_EVENT_IDX)
 
 
-class Interrupt(Protocol):
+class InterruptLine(Protocol):
+    """The device's interrupt line (pyvmm/devices/virtio/interrupt.py): level-triggered, follows InterruptStatus."""
+
     def trigger(self) -> None:
         """InterruptStatus has a bit set: make sure the guest sees the line asserted."""
 
@@ -35,27 +42,31 @@ class Interrupt(Protocol):
         """InterruptStatus became zero through InterruptACK."""
 
 
-class VirtioDevice(Protocol):
-    """What the transport needs of a device (see pyvmm/devices/virtio/device.py for the base class)."""
+class WarningLimit:
+    """Guest-caused failures are logged at most `burst` times per `period` seconds per device: a guest that breaks
+    and resets its device in a loop must not flood pyvmm's stderr. The rest go to the debug log, counted."""
 
-    name: str
-    device_id: int
-    queue_sizes: tuple[int, ...]
-    features: int
+    def __init__(self, burst: int = 5, period: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.period = period
+        self.clock = clock
+        self._window_start = -period
+        self._logged = 0
+        self.suppressed = 0
 
-    def config_space(self) -> bytes: ...
-
-    def write_config(self, offset: int, data: bytes) -> None: ...
-
-    def activate(self, transport: "MmioTransport") -> None: ...
-
-    def reset(self) -> None: ...
-
-    def notify(self, queue: int) -> None: ...
+    def allow(self) -> bool:
+        now = self.clock()
+        if now - self._window_start >= self.period:
+            self._window_start, self._logged = now, 0
+        if self._logged < self.burst:
+            self._logged += 1
+            return True
+        self.suppressed += 1
+        return False
 
 
 class MmioTransport:
-    def __init__(self, device: VirtioDevice, memory: Memory, interrupt: Interrupt) -> None:
+    def __init__(self, device: VirtioDevice, memory: Memory, interrupt: InterruptLine) -> None:
         self.device = device
         self.name = f"virtio-mmio ({device.name})"
         self.memory = memory
@@ -67,6 +78,8 @@ class MmioTransport:
         self.notify_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in self.queues]
         self.device_features = device.features | TRANSPORT_FEATURES
         self.generation = 0
+        self.warnings = WarningLimit()
+        self._host_fds: _GuardedFds | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -85,6 +98,26 @@ class MmioTransport:
         for fd in self.notify_fds:
             os.close(fd)
         self.notify_fds = []
+
+    # -- wiring (once, before the worker starts) ----------------------------------------------------------------
+    def serve_on(self, worker: DeviceWorker) -> None:
+        """Let `worker` serve this device: queue kicks (except the queues a vhost backend serves), the interrupt's
+        resamplefd and the device's own host fds; every callback runs under this transport's error policy."""
+        self._host_fds = _GuardedFds(worker, self)
+        vhost = set(self.device.vhost_queues)
+        for index, fd in enumerate(self.notify_fds):
+            if index not in vhost:
+                worker.watch(fd, lambda index=index: self.notify(index), drain_eventfd=True)
+        resample_fd = getattr(self.interrupt, "resample_fd", None)
+        if resample_fd is not None:
+            worker.watch(resample_fd, self.resample, drain_eventfd=True)
+        for fd, callback in self.device.watched_fds():
+            self._host_fds.watch(fd, callback)
+
+    def notify(self, index: int) -> None:
+        """Worker thread: the driver kicked queue `index`. Ignored until the device is activated."""
+        if self.running:
+            self.guarded(f"queue {index}", self.device.notify, index)
 
     # -- negotiated state ---------------------------------------------------------------------------------------
     def negotiated(self, bit: int) -> bool:
@@ -188,12 +221,18 @@ class MmioTransport:
                 for queue in self.queues:
                     queue.event_idx = self.negotiated(v.F_RING_EVENT_IDX)
                     queue.indirect = self.negotiated(v.F_RING_INDIRECT_DESC)
+                self.device.ack_features(self.driver_features)
         starting = value & v.STATUS_DRIVER_OK and not self.status & v.STATUS_DRIVER_OK
         self.status = value | (self.status & v.STATUS_DEVICE_NEEDS_RESET)
-        if starting and self.status & v.STATUS_FEATURES_OK:
-            self.device.activate(self)
-            for fd in self.notify_fds:  # chains made available before DRIVER_OK
-                os.eventfd_write(fd, 1)
+        if not starting:
+            return
+        if not self.status & v.STATUS_FEATURES_OK:
+            self._fail("DRIVER_OK without FEATURES_OK")  # 3.1.1: features are negotiated before the device runs
+            return
+        handles: list[Queue] = [_MmioQueue(self, index) for index in range(len(self.queues))]
+        self.device.activate(self.memory, _MmioInterrupt(self), handles, self._host_fds)
+        for fd in self.notify_fds:  # chains made available before DRIVER_OK
+            os.eventfd_write(fd, 1)
 
     def _write_queue_register(self, queue: Virtqueue, offset: int, value: int) -> None:
         if offset == v.MMIO_QUEUE_READY:
@@ -205,7 +244,7 @@ class MmioTransport:
                     return
                 queue.ready = True
             elif value == 0:
-                queue.ready = False
+                queue.disable()
             return
         if queue.ready:
             return  # the ring layout may change only while the queue is not ready
@@ -228,7 +267,11 @@ class MmioTransport:
     def _fail(self, reason: str) -> None:
         """Lock held. The driver broke the protocol: this device stops until the driver resets it."""
         if self.broken is None:
-            log.warning("%s: %s; device needs reset", self.name, reason)
+            if self.warnings.allow():
+                log.warning("%s: %s; device needs reset", self.name, reason)
+            else:
+                log.debug("%s: %s; device needs reset (%d such warnings suppressed)", self.name, reason,
+                          self.warnings.suppressed)
         self.broken = reason
         self.status |= v.STATUS_DEVICE_NEEDS_RESET
         if self.status & v.STATUS_DRIVER_OK:
@@ -239,54 +282,18 @@ class MmioTransport:
         with self.lock:
             self._fail(reason)
 
-    # -- the device side (worker thread) ------------------------------------------------------------------------
-    def take(self, index: int, limit: int = 1 << 30) -> tuple[int, list[Chain]]:
-        """Up to `limit` available chains of queue `index` and the generation they belong to."""
-        chains: list[Chain] = []
-        with self.lock:
-            if not self.running or index >= len(self.queues):
-                return self.generation, chains
-            queue = self.queues[index]
-            try:
-                while len(chains) < limit:
-                    chain = queue.pop()
-                    if chain is None:
-                        break
-                    chains.append(chain)
-            except VirtqueueError as err:
-                self._fail(f"queue {index}: {err}")
-                return self.generation, []
-            return self.generation, chains
+    def guarded(self, what: str, action: Callable[..., None], *args: object) -> None:
+        """Run device work on the worker; a malformed guest buffer or a bug stops this device only, never pyvmm."""
+        try:
+            action(*args)
+        except (VirtqueueError, GuestMemoryError) as err:
+            self.fail(f"{what}: {err}")
+        except Exception as err:  # a bug in a device must not take the VM down: park the device, say why
+            if self.warnings.allow():
+                log.exception("%s: %s failed", self.name, what)
+            self.fail(f"{what}: internal error {type(err).__name__}: {err}")
 
-    def has_pending(self, index: int) -> bool:
-        with self.lock:
-            if not self.running:
-                return False
-            try:
-                return self.queues[index].pending() > 0
-            except VirtqueueError as err:
-                self._fail(f"queue {index}: {err}")
-                return False
-
-    def complete(self, index: int, generation: int, done: list[tuple[int, int]]) -> None:
-        """Return chains (head, bytes written) to the driver and interrupt it if it asked for that."""
-        if not done:
-            return
-        with self.lock:
-            if generation != self.generation or self.broken is not None:
-                return  # taken before a reset: the ring they came from no longer exists
-            queue = self.queues[index]
-            try:
-                for head, written in done:
-                    queue.push(head, written)
-                wanted = queue.needs_interrupt()
-            except VirtqueueError as err:
-                self._fail(f"queue {index}: {err}")
-                return
-            if wanted:
-                self.isr |= v.INT_USED_BUFFER  # the bit first, then the signal (4.2.3.4)
-                self.interrupt.trigger()
-
+    # -- the device side (worker thread, through the handles) ---------------------------------------------------
     def config_changed(self) -> None:
         with self.lock:
             self.config_generation = (self.config_generation + 1) & 0xFFFF_FFFF
@@ -301,12 +308,95 @@ class MmioTransport:
                 self.interrupt.trigger()
 
 
-def guarded(transport: MmioTransport, what: str, action, *args) -> None:
-    """Run device work on the worker; a malformed guest buffer or a bug stops this device only, never pyvmm."""
-    try:
-        action(*args)
-    except (VirtqueueError, GuestMemoryError) as err:
-        transport.fail(f"{what}: {err}")
-    except Exception as err:  # a bug in a device must not take the VM down: park the device, say why
-        log.exception("%s: %s failed", transport.name, what)
-        transport.fail(f"{what}: internal error {type(err).__name__}: {err}")
+class _MmioQueue(Queue):
+    """A device's handle on one of the transport's queues, valid while the activation it was made for lasts."""
+
+    def __init__(self, transport: MmioTransport, index: int) -> None:
+        self._transport = transport
+        self._queue = transport.queues[index]
+        self._generation = transport.generation
+        self.index = index
+
+    # Hot path (every request): the liveness check is inlined, lock held: this activation's generation, DRIVER_OK,
+    # not broken.
+    def pop(self) -> Chain | None:
+        chains = self.drain(1)
+        return chains[0] if chains else None
+
+    def drain(self, limit: int) -> list[Chain]:
+        chains: list[Chain] = []
+        transport = self._transport
+        with transport.lock:
+            if (self._generation != transport.generation or not transport.status & v.STATUS_DRIVER_OK
+                    or transport.broken is not None):
+                return chains
+            queue = self._queue
+            try:
+                while len(chains) < limit:
+                    chain = queue.pop()
+                    if chain is None:
+                        break
+                    chains.append(chain)
+            except VirtqueueError as err:
+                transport._fail(f"queue {self.index}: {err}")
+                return []
+            return chains
+
+    def complete_batch(self, done: list[tuple[Chain, int]]) -> None:
+        if not done:
+            return
+        transport = self._transport
+        with transport.lock:
+            if self._generation != transport.generation or transport.broken is not None:
+                return  # taken before a reset (the ring they came from no longer exists) or the device is stopped
+            queue = self._queue
+            try:
+                pushed = False
+                for chain, written in done:
+                    pushed |= queue.push(chain, written)
+                wanted = pushed and queue.needs_interrupt()
+            except VirtqueueError as err:
+                transport._fail(f"queue {self.index}: {err}")
+                return
+            if wanted:
+                transport.isr |= v.INT_USED_BUFFER  # the bit first, then the signal (4.2.3.4)
+                transport.interrupt.trigger()
+
+    def vhost_ring(self) -> VhostRing | None:
+        # No lock: called from `activate`, which already runs under it; a ready ring's layout cannot change.
+        queue = self._queue
+        if not queue.ready:
+            return None
+        return VhostRing(self.index, queue.size, queue.desc, queue.avail, queue.used, queue.last_avail,
+                         self._transport.notify_fds[self.index])
+
+
+class _MmioInterrupt(Interrupt):
+    def __init__(self, transport: MmioTransport) -> None:
+        self._transport = transport
+        self._generation = transport.generation
+
+    def signal_used(self) -> None:
+        transport = self._transport
+        with transport.lock:
+            if self._generation == transport.generation:
+                transport.isr |= v.INT_USED_BUFFER  # the bit first, then the interrupt
+                transport.interrupt.trigger()
+
+    def signal_config(self) -> None:
+        self._transport.config_changed()
+
+
+class _GuardedFds:
+    """The worker's watch list as a device sees it: callbacks run under the transport's error policy."""
+
+    def __init__(self, worker: DeviceWorker, transport: MmioTransport) -> None:
+        self._worker = worker
+        self._transport = transport
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        what = f"{self._transport.device.name} host fd {fd}"
+        self._worker.watch(fd, lambda: self._transport.guarded(what, callback))
+
+    def unwatch(self, fd: int) -> None:
+        self._worker.unwatch(fd)

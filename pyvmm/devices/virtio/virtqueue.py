@@ -62,6 +62,7 @@ class Chain:
     head: int
     readable: list[tuple[int, int]] = field(default_factory=list)  # (gpa, length)
     writable: list[tuple[int, int]] = field(default_factory=list)
+    epoch: int = 0  # the queue's epoch when taken: a chain from a ring since disabled is never returned
 
     @property
     def readable_len(self) -> int:
@@ -119,11 +120,12 @@ class Virtqueue:
         self.memory = memory
         self.max_size = max_size
         self._fence = _Fence()
+        self.epoch = 0
         self.reset()
 
     def reset(self) -> None:
+        self.disable()
         self.size = self.max_size
-        self.ready = False
         self.desc = 0
         self.avail = 0
         self.used = 0
@@ -132,6 +134,12 @@ class Virtqueue:
         self.last_avail = 0
         self.used_idx = 0
         self.signalled_used = 0  # used index at the last interrupt (EVENT_IDX suppression)
+
+    def disable(self) -> None:
+        """QueueReady = 0 or a reset: chains taken from this ring so far must not come back into it (the driver
+        may resize or move it before enabling it again)."""
+        self.ready = False
+        self.epoch += 1
 
     # -- configuration ------------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -201,7 +209,7 @@ class Virtqueue:
         # Hot path (one pass per request): one view per descriptor table, bounds checks without creating views.
         if head >= self.size:
             raise VirtqueueError(f"head index {head} is outside the queue of {self.size}")
-        chain = Chain(head)
+        chain = Chain(head, epoch=self.epoch)
         readable, writable = chain.readable, chain.writable
         contains = self.memory.contains
         unpack = DESC.unpack_from
@@ -243,8 +251,12 @@ class Virtqueue:
             index = nxt
 
     # -- the used ring ------------------------------------------------------------------------------------------
-    def push(self, head: int, written: int) -> None:
-        """Return a chain to the driver with the number of bytes the device wrote into it."""
+    def push(self, chain: Chain, written: int) -> bool:
+        """Return a chain to the driver with the number of bytes the device wrote into it; False (and nothing
+        written) when it was taken from a ring that has been disabled since."""
+        if chain.epoch != self.epoch or not self.ready:
+            return False
+        head = chain.head
         slot = self.used_idx % self.size
         try:
             USED_ELEM.pack_into(self.memory.view(self.used + 4 + 8 * slot, 8), 0, head, written)
@@ -253,6 +265,7 @@ class Virtqueue:
         self._fence()  # the element before the index
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         self._write(self.used + 2, 2, self.used_idx)
+        return True
 
     def needs_interrupt(self) -> bool:
         """After pushes: whether the driver asked to be interrupted for them (EVENT_IDX or NO_INTERRUPT)."""
