@@ -65,6 +65,8 @@ class ModelMemory:
 
 
 class RecordingInterrupt:
+    resample_fd = None
+
     def __init__(self) -> None:
         self.triggers = 0
         self.lowers = 0

@@ -35,6 +35,8 @@ TRANSPORT_FEATURES = (1 << v.F_VERSION_1) | (1 << v.F_RING_INDIRECT_DESC) | (1 <
 class InterruptLine(Protocol):
     """The device's interrupt line (pyvmm/devices/virtio/interrupt.py): level-triggered, follows InterruptStatus."""
 
+    resample_fd: int | None  # signalled when the guest EOIs the line (irqfd resample), None without resampling
+
     def trigger(self) -> None:
         """InterruptStatus has a bit set: make sure the guest sees the line asserted."""
 
@@ -108,9 +110,8 @@ class MmioTransport:
         for index, fd in enumerate(self.notify_fds):
             if index not in vhost:
                 worker.watch(fd, lambda index=index: self.notify(index), drain_eventfd=True)
-        resample_fd = getattr(self.interrupt, "resample_fd", None)
-        if resample_fd is not None:
-            worker.watch(resample_fd, self.resample, drain_eventfd=True)
+        if self.interrupt.resample_fd is not None:
+            worker.watch(self.interrupt.resample_fd, self.resample, drain_eventfd=True)
         for fd, callback in self.device.watched_fds():
             self._host_fds.watch(fd, callback)
 
