@@ -12,10 +12,11 @@ from pyvmm.arch.arm64 import devicetree, layout
 from pyvmm.arch.arm64.gic import Gic
 
 
-def build(version: int = 3, cpus: int = 2, initrd=(0x4800_0000, 0x4900_0000)) -> bytes:
+def build(version: int = 3, cpus: int = 2, initrd=(0x4800_0000, 0x4900_0000),
+          bootargs: str = "console=ttyS0 rdinit=/init") -> bytes:
     return devicetree.build(
         mpidrs=[0x8000_0000 | i for i in range(cpus)], memory_base=layout.RAM, memory_size=256 << 20,
-        gic=Gic(version, -1, cpus), bootargs="console=ttyS0 rdinit=/init", initrd=initrd,
+        gic=Gic(version, -1, cpus), bootargs=bootargs, initrd=initrd,
         devices=[devicetree.MmioDeviceNode("virtio_mmio", layout.VIRTIO_MMIO, layout.VIRTIO_MMIO_STRIDE,
                                            ["virtio,mmio"], spi=layout.VIRTIO_MMIO_FIRST_SPI,
                                            extra={"dma-coherent": True})],
@@ -48,3 +49,10 @@ def test_dtc_decompiles_without_warnings(dtc, tmp_path, version):
                    "virtio_mmio@a000000", "dma-coherent", "memory@40000000", "reg = <0x00 0x40000000 0x00 0x10000000>"):
         assert needle in dts, needle
 
+
+
+def test_an_empty_command_line_is_an_empty_bootargs_string():
+    # A raw binary run without --params (kvm-unit-tests' timer, psci): its argv is empty, the property still there.
+    import fdt
+
+    assert bytes(fdt.parse_dtb(build(bootargs="")).get_property("bootargs", "/chosen").data) == b"\0"

@@ -97,7 +97,9 @@ def build(*, mpidrs: list[int], memory_base: int, memory_size: int, gic: Gic, bo
             props.append(fdt.Property(name) if value is True else fdt.PropWords(name, int(value)))
         root.append(_node(f"{device.name}@{device.base:x}", *props))
 
-    chosen = _node("chosen", fdt.PropStrings("bootargs", bootargs), fdt.PropStrings("stdout-path", uart_path),
+    # An empty command line is an empty string (one NUL byte), which fdt's PropStrings cannot hold.
+    bootargs_prop = fdt.PropStrings("bootargs", bootargs) if bootargs else fdt.PropBytes("bootargs", data=b"\0")
+    chosen = _node("chosen", bootargs_prop, fdt.PropStrings("stdout-path", uart_path),
                    fdt.PropBytes("rng-seed", data=os.urandom(64)),
                    fdt.PropWords("kaslr-seed", *_cells64(int.from_bytes(os.urandom(8), "little"))))
     if initrd is not None:
