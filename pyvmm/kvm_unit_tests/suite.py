@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from pyvmm.errors import MissingFileError, UsageError
+from pyvmm.errors import KvmPermissionError, KvmUnavailableError, MissingFileError, UsageError
 from pyvmm.kvm_unit_tests import environ, execute, plan, unittests
 from pyvmm.kvm_unit_tests.execute import FAIL, PASS, SKIP, TestResult
 from pyvmm.kvm_unit_tests.plan import PlannedTest, Selection
@@ -76,6 +76,20 @@ def prepare(options: SuiteOptions) -> Suite:
     text = environ.build(environ.KernelVersion.parse(options.kernel_release), errata, environment,
                          source=str(errata_path), extra=extra)
     return Suite(options, config, planned, text)
+
+
+def check_host(machine: str | None = None, kvm: str = "/dev/kvm") -> None:
+    """These are arm64 test binaries: they need an arm64 host with a usable /dev/kvm (checked once, not per test)."""
+    machine = machine or os.uname().machine
+    if machine not in ("aarch64", "arm64"):
+        raise KvmUnavailableError(f"kvm-unit-tests for arm64 run on an arm64 host with KVM (this is {machine}); on "
+                                  f"this project's x86_64 machine use the lane: tests/arm64/lane")
+    try:
+        os.close(os.open(kvm, os.O_RDWR))
+    except PermissionError:
+        raise KvmPermissionError(f"{kvm}: permission denied: add yourself to the kvm group") from None
+    except OSError as err:
+        raise KvmUnavailableError(f"{kvm} is not usable ({err.strerror}): this host has no KVM") from None
 
 
 def run(suite: Suite, report: Callable[[TestResult], None], pyvmm: list[str] | None = None) -> list[TestResult]:

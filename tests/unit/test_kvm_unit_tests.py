@@ -277,6 +277,8 @@ def test_environ_file_is_initrd_creates(kut_dir):
     ("half a test\n", "pyvmm: error: --pmu: this host's KVM has no PMU\n", 69,
      ("FAIL", "no EXIT: STATUS line; pyvmm: error: --pmu: this host's KVM has no PMU", None)),
     ("", "", 0, ("FAIL", "no EXIT: STATUS line; pyvmm exited with 0", None)),
+    ("", "pyvmm: error: --pmu: this host's KVM has no PMU\n", 69,
+     ("SKIP", "pyvmm: error: --pmu: this host's KVM has no PMU", None)),  # the host lacks what the test needs
     ("started\n", "", None, ("FAIL", "timeout; duration=90s", None)),
 ])
 def test_verdict_from_the_exit_line(console, errors, returncode, expected):
@@ -371,3 +373,12 @@ def test_the_shipped_suite_plans_every_test():
     assert sorted(name for name, p in planned.items() if p.skip) == [
         "debug-bp-migration", "debug-sstep-migration", "debug-wp-migration", "its-migrate-unmapped-collection",
         "its-migration", "its-pending-migration", "pci-test"]
+
+
+def test_the_host_must_be_arm64_with_kvm(tmp_path):
+    from pyvmm.errors import KvmUnavailableError
+
+    with pytest.raises(KvmUnavailableError, match="this is x86_64.*tests/arm64/lane"):
+        suite.check_host("x86_64")
+    with pytest.raises(KvmUnavailableError, match="no KVM"):
+        suite.check_host("aarch64", str(tmp_path / "kvm"))
