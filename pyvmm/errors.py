@@ -70,10 +70,12 @@ class KvmPermissionError(PyvmmError):
     exit_status = ExitStatus.NO_PERM
 
 
-class GuestFailure(PyvmmError):
-    """The VM stopped because of something that went wrong in or with the guest (an exit KVM could not handle)."""
+class StoppedError(PyvmmError):
+    """A VM run inside a longer task (a benchmark) was stopped by SIGINT/SIGTERM: the whole task ends with it."""
 
-    exit_status = ExitStatus.SOFTWARE
+    def __init__(self, message: str, status: ExitStatus) -> None:
+        super().__init__(message)
+        self.exit_status = status
 
 
 class GuestMemoryError(Exception):

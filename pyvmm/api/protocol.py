@@ -9,11 +9,15 @@ Response: {"ok": true, "result": ...}  or  {"ok": false, "error": "one line"}
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import ExitStatus, PyvmmError
 from pyvmm.idle.apply import IdleChange, IdlePolicyError
 from pyvmm.idle.policy import WFX_NAMES, PolicyParseError
+
+if TYPE_CHECKING:
+    from pyvmm.idle.control import IdleController
+    from pyvmm.vmm.vmm import Vmm
 
 COMMANDS = ("policy", "set", "pin", "pause", "resume", "stop", "stats", "state")
 MAX_LINE = 64 * 1024
@@ -69,7 +73,7 @@ def parse_affinity(req: dict) -> dict[int, set[int]]:
     return out
 
 
-def dispatch(req: Any, controller: Any, vmm: Any) -> dict:
+def dispatch(req: Any, controller: "IdleController", vmm: "Vmm") -> dict:
     """Run one request against a running VM; never raises for a bad request or a refused change."""
     from pyvmm.vmm.outcome import VmOutcome
 
@@ -99,7 +103,7 @@ def dispatch(req: Any, controller: Any, vmm: Any) -> dict:
             return {"ok": True, "result": {"state": "running"}}
         if cmd == "stop":
             status = _int(req, "status", 256)
-            vmm.stop(VmOutcome(0 if status is None else status, "stopped through the control socket"))
+            vmm.stop(VmOutcome(ExitStatus.OK if status is None else status, "stopped through the control socket"))
             return {"ok": True, "result": {"state": "stopping"}}
         raise RequestError(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")
     except (RequestError, IdlePolicyError, PolicyParseError, PyvmmError) as err:

@@ -8,10 +8,14 @@ import socket
 import socketserver
 import stat
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyvmm.api.protocol import MAX_LINE, RequestError, decode, dispatch, encode
 from pyvmm.errors import UsageError
+
+if TYPE_CHECKING:
+    from pyvmm.idle.control import IdleController
+    from pyvmm.vmm.vmm import Vmm
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -39,7 +43,7 @@ class _Handler(socketserver.StreamRequestHandler):
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: str, controller: Any, vmm: Any) -> None:
+    def __init__(self, path: str, controller: "IdleController", vmm: "Vmm") -> None:
         self.controller = controller
         self.vmm = vmm
         self.path = path

@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pyvmm.config import VmConfig
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.testdev import TestDevice
@@ -14,18 +13,18 @@ from pyvmm.errors import ImageError, MissingFileError
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
+from pyvmm.spec import VmSpec
 from pyvmm.vmm.outcome import VmOutcome
 
 
 @dataclass
 class MachineContext:
-    config: VmConfig
+    spec: VmSpec
     kvm: Kvm
     console_output: Callable[[bytes], None]
     on_guest_exit: Callable[[int], None]  # the test device's EXIT register was written
-    # Hooks called on the VM before any vCPU exists (idle policy caps that must come first, e.g. x86 DISABLE_EXITS).
-    before_vcpus: list[Callable[[Vm], None]] = field(default_factory=list)
-    hide_pv_unhalt: bool = False  # x86: HLT passthrough forbids advertising KVM_FEATURE_PV_UNHALT
+    # Called on the VM before any vCPU exists (idle policy caps that must come first, e.g. x86 DISABLE_EXITS).
+    before_vcpus: Callable[[Vm], None] = lambda vm: None
 
 
 @dataclass

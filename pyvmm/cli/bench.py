@@ -43,7 +43,7 @@ def idle(kernel, policies, repeat, periods, period_us, allow_fallback, cap_numbe
     Exit status 0 when every policy ran, 1 when some were refused or failed (their rows say why).
     """
     from pyvmm.arch import host_arch
-    from pyvmm.errors import PyvmmError, UsageError
+    from pyvmm.errors import ExitStatus, PyvmmError, UsageError
     from pyvmm.idle.bench import parse_policy_spec, render_table, run_once, summarise, write_csv, write_plot
     from pyvmm.idle.caps import CapError, cap_table, parse_cap_override
     from pyvmm.idle.policy import PolicyParseError
@@ -63,7 +63,8 @@ def idle(kernel, policies, repeat, periods, period_us, allow_fallback, cap_numbe
             raise UsageError("--plot needs matplotlib: pip install 'pyvmm[bench]'") from None
     try:
         specs = [parse_policy_spec(p, allow_fallback=allow_fallback) for p in policies]
-        caps = cap_table(dict(parse_cap_override(t) for t in cap_numbers))
+        overrides = dict(parse_cap_override(t) for t in cap_numbers)
+        cap_table(overrides)  # the environment's PYVMM_CAP_* too: refuse a bad one before any run
     except (PolicyParseError, CapError) as err:
         raise UsageError(str(err)) from None
 
@@ -72,9 +73,9 @@ def idle(kernel, policies, repeat, periods, period_us, allow_fallback, cap_numbe
         runs, error = [], None
         for i in range(repeat):
             try:
-                runs.append(run_once(kernel, spec, periods, period_us, caps))
+                runs.append(run_once(kernel, spec, periods, period_us, overrides))
             except PyvmmError as err:
-                if getattr(err, "exit_status", 0) in (130, 143):
+                if err.exit_status in (ExitStatus.SIGINT, ExitStatus.SIGTERM):
                     raise
                 error = f"run {i + 1} refused or failed: {err}"
                 break

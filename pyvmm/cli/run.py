@@ -7,17 +7,15 @@ from pathlib import Path
 
 import click
 
-from pyvmm.config import ConsoleConfig, VmConfig, parse_size
-
-# Feature areas add their own `pyvmm run` options and hooks, each in its own module (see pyvmm/cli/areas.py), so
-# that idle tuning, devices and testing features grow without editing this file.
-from pyvmm.cli.areas import AREAS, area_options
+from pyvmm.cli.run_options import run_options
+from pyvmm.spec import parse_size
+from pyvmm.spec.options import RunOptions, build_spec
 
 
 class SizeParam(click.ParamType):
     name = "SIZE"
 
-    def convert(self, value, param, ctx):  # type: ignore[override]
+    def convert(self, value: str | int, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         from pyvmm.errors import UsageError
@@ -52,9 +50,10 @@ class SizeParam(click.ParamType):
               help="Also append everything the guest prints on its console to this file.")
 @click.option("--no-stdin", is_flag=True, help="Do not forward stdin to the guest console.")
 @click.option("--debug", is_flag=True, help="Log what pyvmm does and show tracebacks for errors.")
-@area_options
-def run(kernel, initrd, cmdline, memory, cpus, guest_args, irqchip, on_reboot, dump_dtb, console_log, no_stdin,
-        debug, **area_values) -> int:
+@run_options
+def run(kernel: Path | None, initrd: Path | None, cmdline: str, memory: int, cpus: int, guest_args: tuple[int, ...],
+        irqchip: str, on_reboot: str, dump_dtb: Path | None, console_log: Path | None, no_stdin: bool, debug: bool,
+        **options: object) -> int:
     """Boot a VM and run it until the guest powers off, exits or is stopped.
 
     Exit status: the guest's own status (test device EXIT, or 0 on power-off); 80 when the guest reboots with
@@ -65,39 +64,17 @@ def run(kernel, initrd, cmdline, memory, cpus, guest_args, irqchip, on_reboot, d
         import logging
 
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="pyvmm: %(name)s: %(message)s")
-    from pyvmm.vmm.console import ConsoleOutput
-    from pyvmm.vmm.vmm import Vmm
+    from pyvmm.vmm.runner import run_vm
 
-    config = VmConfig(
-        kernel=kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=cpus, guest_args=list(guest_args),
-        console=ConsoleConfig(stdin=not no_stdin, log_path=console_log), irqchip=irqchip, on_reboot=on_reboot,
-        dtb_dump=dump_dtb, debug=debug,
-    )
-    log_file = None
-    if console_log is not None:
-        try:
-            log_file = open(console_log, "ab")
-        except OSError as err:
-            from pyvmm.errors import MissingFileError
-
-            raise MissingFileError(f"cannot open console log {console_log}: {err.strerror}") from None
-    areas = [area.from_options(config, area_values) for area in AREAS]
-    try:
-        vmm = Vmm(config, output=ConsoleOutput(log=log_file))
-        try:
-            for area in areas:
-                area.attach(vmm)
-            outcome = vmm.run()
-        finally:
-            vmm.close()
-    finally:
-        if log_file is not None:
-            log_file.close()
-    status = outcome.status
-    for area in areas:
-        status = area.finish(vmm, outcome, status)
+    spec = build_spec(kernel=kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=cpus, guest_args=guest_args,
+                      irqchip=irqchip, on_reboot=on_reboot, dump_dtb=dump_dtb, console_log=console_log,
+                      stdin=not no_stdin, debug=debug, options=RunOptions.from_mapping(options))
+    result = run_vm(spec)
+    outcome, final = result.outcome, result.final
+    if final.note is not None:
+        click.echo(f"pyvmm: {'error: ' if final.error else ''}{final.note}", err=True)
     if outcome.error:
         click.echo(f"pyvmm: error: {outcome.reason}", err=True)
     elif debug or outcome.status != 0:
         click.echo(f"pyvmm: {outcome.reason}", err=True)
-    return status
+    return result.status

@@ -201,32 +201,25 @@ def write_plot(rows: list[Row], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_once(kernel: Path, spec: PolicySpec, periods: int, period_us: int, caps: Any = None) -> RunResult:
+def run_once(kernel: Path, spec: PolicySpec, periods: int, period_us: int, cap_numbers: dict[str, int]) -> RunResult:
     """One in-process VM run of the idle guest under `spec`. Raises PyvmmError (e.g. IdleRefusedError)."""
-    from pyvmm.config import ConsoleConfig, VmConfig
-    from pyvmm.errors import GuestFailure
-    from pyvmm.idle.control import IdleController
-    from pyvmm.idle.measure import observed_effects, totals
-    from pyvmm.vmm.console import ConsoleOutput
-    from pyvmm.vmm.vmm import Vmm
+    from pyvmm.errors import ExitStatus, PyvmmError, StoppedError
+    from pyvmm.spec import ConsoleSpec, IdleSpec, VmSpec
+    from pyvmm.vmm.runner import run_vm
 
-    config = VmConfig(kernel=kernel, guest_args=[periods, period_us], console=ConsoleConfig(stdin=False))
-    controller = IdleController(spec.policy, caps=caps)
-    vmm = Vmm(config, output=ConsoleOutput(echo=False))
-    data: list[int] = []
-    vmm.on_finished.append(lambda v, outcome: data.extend(v.machine.testdev.data))
-    controller.attach(vmm)
-    try:
-        outcome = vmm.run()
-    finally:
-        vmm.close()
-    if outcome.status != 0:
-        raise GuestFailure(f"the guest ended with status {outcome.status}: {outcome.reason}")
+    vm = VmSpec(kernel=kernel, guest_args=[periods, period_us], console=ConsoleSpec(stdin=False, echo=False),
+                idle=IdleSpec(policy=spec.policy, cap_numbers=cap_numbers, measure=True))
+    result = run_vm(vm)
+    report = result.report
+    assert report is not None  # IdleSpec.measure asks for it
+    if result.status in (ExitStatus.SIGINT, ExitStatus.SIGTERM):
+        raise StoppedError(result.outcome.reason, result.status)  # the user wants the whole bench to end
+    if result.status != 0:
+        raise PyvmmError(f"the guest ended with status {result.status}: {result.outcome.reason}")
+    data = report["testdev_data"]
     if len(data) < 2 or data[0] <= 0:
-        raise GuestFailure(f"the guest reported {len(data)} DATA values: not the idle guest's contract "
-                           f"(timer frequency, then one latency per period)")
-    first, last = controller.first_sample, controller.last_sample
-    vc = totals(first, last)["vcpus"][0]
-    policy = controller.policy_dict()
-    return RunResult(spec.label, (last["monotonic_ns"] - first["monotonic_ns"]) / 1e9, len(data) - 1,
-                     vc["stats"], vc["cpu_s"], data[0], data[1:], policy, observed_effects(policy, [vc]))
+        raise PyvmmError(f"the guest reported {len(data)} DATA values: not the idle guest's contract "
+                         f"(timer frequency, then one latency per period)")
+    vc = report["vcpus"][0]
+    return RunResult(spec.label, report["duration_s"], len(data) - 1, vc["stats"], vc["cpu_s"], data[0], data[1:],
+                     report["policy"], report["observed"])

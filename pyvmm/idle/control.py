@@ -7,16 +7,21 @@ so two control-socket clients cannot interleave KVM_ENABLE_CAP calls.
 
 from __future__ import annotations
 
-import os
 import threading
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from pyvmm.errors import KvmUnavailableError, UsageError
+from pyvmm.errors import KvmUnavailableError
 from pyvmm.idle.apply import (AppliedPolicy, IdleChange, IdlePolicyError, apply_affinity, apply_before_vcpus,
                               apply_live)
 from pyvmm.idle.caps import CapTable, cap_table
 from pyvmm.idle.host import HostInfo, probe_host
-from pyvmm.idle.policy import IdlePolicy
+from pyvmm.idle.policy import IdlePolicy, check_affinity
+from pyvmm.kvm.vm import Vm
+from pyvmm.vmm.outcome import StopLatch, VmOutcome
+
+if TYPE_CHECKING:
+    from pyvmm.idle.measure import VcpuStatsSampler
+    from pyvmm.vmm.vmm import Vmm
 
 
 class IdleRefusedError(KvmUnavailableError):
@@ -68,12 +73,13 @@ class IdleController:
         self._host = host
         self.applied: AppliedPolicy | None = None
         self.affinity: dict[int, set[int]] = {}
-        self.vmm: Any = None
-        self.sampler: Any = None
+        self.vmm: "Vmm | None" = None
+        self.sampler: "VcpuStatsSampler | None" = None
         self.first_sample: dict | None = None
         self.last_sample: dict | None = None
         self.lock = threading.RLock()
         self._times: dict[int, dict] = {}
+        self._watcher: threading.Thread | None = None
 
     @property
     def host(self) -> HostInfo:
@@ -81,69 +87,59 @@ class IdleController:
             self._host = probe_host()
         return self._host
 
-    # -- hooks ---------------------------------------------------------------------------------------------------
-    def attach(self, vmm: Any) -> None:
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def subscribe(self, vmm: "Vmm") -> None:
         self.vmm = vmm
-        self.check_affinity(self.policy.cpu_affinity, vmm.config.cpus)
-        if "hlt" in self.policy.idle_exits:
-            # HLT passthrough with PV_UNHALT advertised makes some (nested) hosts fail KVM entry.
-            vmm.hide_pv_unhalt = True
-        vmm.before_vcpus.append(self.before_vcpus)
-        vmm.on_started.append(self.on_started)
-        vmm.on_finished.append(self.on_finished)
+        vmm.events.before_vcpus.subscribe(self.before_vcpus)
+        vmm.events.started.subscribe(self.started)
         # A vCPU thread's CPU time is unreadable once it has exited (its /proc/self/task entry goes), and
-        # Vmm's on_finished hooks run after the join. So the times are also read as the VM is being stopped
-        # (the guest's EXIT calls vmm.stop from its own vCPU thread, which is therefore still alive), with a
-        # slow periodic reading as the fallback for ends that bypass stop (PSCI SYSTEM_OFF, errors).
-        original_stop = vmm.stop
+        # `finished` comes after the join. So the times are also read as the VM is being stopped (the guest's
+        # EXIT stops the VM from its own vCPU thread, which is therefore still alive), with a slow periodic
+        # reading as the fallback for ends that bypass a stop request (PSCI SYSTEM_OFF, errors).
+        vmm.events.stopping.subscribe(lambda outcome: self._record_thread_times())
+        vmm.events.finished.subscribe(self.finished)
 
-        def stop_and_sample(outcome: Any) -> None:
-            self._record_thread_times()
-            original_stop(outcome)
-
-        vmm.stop = stop_and_sample
-
-    def before_vcpus(self, vm: Any) -> None:
+    def before_vcpus(self, vm: Vm) -> None:
+        assert self.vmm is not None
         try:
-            self.applied = apply_before_vcpus(vm, self.policy, self.vmm.config.arch, host=self.host,
-                                              caps=self.caps)
+            self.applied = apply_before_vcpus(vm, self.policy, self.vmm.spec.arch, host=self.host, caps=self.caps)
         except IdlePolicyError as err:
             raise IdleRefusedError(str(err)) from None
 
-    def on_started(self, vmm: Any) -> None:
+    def started(self, vmm: "Vmm") -> None:
         from pyvmm.idle.measure import VcpuStatsSampler
 
         machine = vmm.machine
+        assert machine is not None
+        self._close_sampler()  # the previous boot's, after a reboot with --on-reboot restart
         if self.policy.cpu_affinity:
             try:
                 with self.lock:
                     self.affinity = apply_affinity(machine.vcpus, self.policy)
             except (IdlePolicyError, OSError) as err:
-                from pyvmm.vmm.outcome import VmOutcome
-
                 vmm.stop(VmOutcome(KvmUnavailableError.exit_status, f"cannot pin vCPUs: {err}", error=True))
         self.sampler = VcpuStatsSampler(machine.vcpus)
         self.first_sample = self.sampler.sample(runqueue=False)
         self._times = {}
-        threading.Thread(target=self._watch_times, args=(vmm,), name="idle-times", daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch_times, args=(vmm.latch,), name="idle-times", daemon=True)
+        self._watcher.start()
 
     def _record_thread_times(self) -> None:
-        with self.lock:  # on_finished closes the sampler's fds under the same lock
+        with self.lock:  # finished() closes the sampler's fds under the same lock
             if self.sampler is None:
                 return
             for v in self.sampler.sample(runqueue=False)["vcpus"]:
                 if v["cpu_s"] is not None:
                     self._times[v["index"]] = {k: v[k] for k in ("cpu_s", "wait_s", "last_cpu", "state")}
 
-    def _watch_times(self, vmm: Any) -> None:
-        latch = vmm.latch
+    def _watch_times(self, latch: StopLatch) -> None:
         while not latch.wait(0.5):
             try:
                 self._record_thread_times()
             except (OSError, ValueError):
                 return  # the VM is being torn down
 
-    def on_finished(self, vmm: Any, outcome: Any) -> None:
+    def finished(self, outcome: VmOutcome) -> None:
         with self.lock:
             if self.sampler is not None:
                 last = self.sampler.sample(runqueue=False)
@@ -151,8 +147,21 @@ class IdleController:
                     if v["cpu_s"] is None and v["index"] in self._times:
                         v.update(self._times[v["index"]])  # the thread has exited: its last reading
                 self.last_sample = last
-                self.sampler.close()
-                self.sampler = None
+            self._close_sampler()
+
+    def _close_sampler(self) -> None:
+        with self.lock:
+            sampler, self.sampler = self.sampler, None
+            if sampler is not None:
+                sampler.close()
+
+    def close(self) -> None:
+        """Release the stats fds whatever happened (a VM that failed to start never reaches `finished`)."""
+        if self._watcher is not None:
+            self._watcher.join(2.0)  # it ends once the VM's latch is set, which it is when the VM has ended
+            self._watcher = None
+        self._close_sampler()
+        self.vmm = None
 
     # -- live control (control socket) -----------------------------------------------------------------------
     def policy_dict(self) -> dict:
@@ -172,7 +181,7 @@ class IdleController:
             machine = self.vmm.machine if self.vmm is not None else None
             if machine is None:
                 raise IdlePolicyError("the VM is not running")
-            self.check_affinity(affinity, len(machine.vcpus))
+            check_affinity(affinity, len(machine.vcpus))
             done = apply_affinity(machine.vcpus, IdlePolicy(cpu_affinity=affinity))
             self.affinity.update(done)
             return applied_to_dict(self.applied, self.affinity)
@@ -182,15 +191,3 @@ class IdleController:
             if self.sampler is None:
                 raise IdlePolicyError("the VM is not running")
             return self.sampler.sample()
-
-    @staticmethod
-    def check_affinity(affinity: Mapping[int, set[int]], cpus: int) -> None:
-        """Refuse pinning that cannot work before anything runs: unknown vCPUs or CPUs this process may not use."""
-        allowed = os.sched_getaffinity(0)
-        for v, want in sorted(affinity.items()):
-            if v >= cpus:
-                raise UsageError(f"cpu affinity names vCPU {v}, but the VM has {cpus} vCPU(s) (0..{cpus - 1})")
-            outside = sorted(set(want) - allowed)
-            if outside:
-                raise UsageError(f"cpu affinity {v}={','.join(map(str, sorted(want)))}: CPU(s) {outside} are not "
-                                 f"available to pyvmm (allowed: {','.join(map(str, sorted(allowed)))})")

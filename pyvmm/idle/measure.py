@@ -17,8 +17,6 @@ from pyvmm.idle.threads import ThreadStatError, runqueue_depths, thread_times
 RATE_STATS = ("exits", "wfi_exit_stat", "wfe_exit_stat", "halt_exits", "halt_wakeup",
               "halt_successful_poll", "halt_attempted_poll",
               "halt_wait_ns", "halt_poll_success_ns", "halt_poll_fail_ns")
-# Stats whose natural unit is seconds (their rate is "seconds per second": a fraction of the interval).
-TIME_STATS = ("halt_wait_ns", "halt_poll_success_ns", "halt_poll_fail_ns")
 
 
 class VcpuStatsSampler:

@@ -8,7 +8,11 @@ Validation errors are one line and name the offending part of the input.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Mapping
+
+from pyvmm.errors import UsageError
 
 WFX_NAMES = frozenset({"wfi", "wfe"})
 X86_EXIT_NAMES = frozenset({"hlt", "pause", "mwait", "cstate"})
@@ -163,3 +167,15 @@ def validate_policy(p: IdlePolicy) -> None:
             raise PolicyParseError(f"cpu_affinity: vCPU {v} has an empty CPU set")
         if any(not isinstance(c, int) or c < 0 for c in cpus):
             raise PolicyParseError(f"cpu_affinity: vCPU {v} has a bad CPU in {sorted(cpus)!r}")
+
+
+def check_affinity(affinity: Mapping[int, set[int]], cpus: int) -> None:
+    """Refuse pinning that cannot work before anything runs: unknown vCPUs or CPUs this process may not use."""
+    allowed = os.sched_getaffinity(0)
+    for v, want in sorted(affinity.items()):
+        if v >= cpus:
+            raise UsageError(f"cpu affinity names vCPU {v}, but the VM has {cpus} vCPU(s) (0..{cpus - 1})")
+        outside = sorted(set(want) - allowed)
+        if outside:
+            raise UsageError(f"cpu affinity {v}={','.join(map(str, sorted(want)))}: CPU(s) {outside} are not "
+                             f"available to pyvmm (allowed: {','.join(map(str, sorted(allowed)))})")

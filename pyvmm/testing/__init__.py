@@ -2,6 +2,6 @@
 (pyvmm.testing.plugin, registered as the `pytest11` entry point `pyvmm`)."""
 
 from pyvmm.testing.console import Console, ConsoleTimeout
-from pyvmm.testing.machine import Machine, MachineConfig, MachineError
+from pyvmm.testing.machine import Machine, MachineError, machine_spec
 
-__all__ = ["Console", "ConsoleTimeout", "Machine", "MachineConfig", "MachineError"]
+__all__ = ["Console", "ConsoleTimeout", "Machine", "MachineError", "machine_spec"]

@@ -10,134 +10,87 @@ the vCPUs, joins every thread pyvmm started and closes every fd it opened.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from pyvmm.config import ConsoleConfig, VmConfig, parse_size
-from pyvmm.errors import PyvmmError, UsageError
+from pyvmm.errors import ExitStatus, PyvmmError, UsageError
+from pyvmm.spec import VmSpec
+from pyvmm.spec.options import RunOptions, build_spec
 from pyvmm.testing.console import Console, ConsoleTimeout
+from pyvmm.vmm.outcome import VmOutcome
 
-STOP_STATUS = 0  # the status a VM stopped by Machine.stop() reports
+if TYPE_CHECKING:
+    from pyvmm.arch.machine import Machine as BuiltMachine
+    from pyvmm.devices.testdev import TestDevice
+    from pyvmm.kvm.stats import StatsReader
+    from pyvmm.vmm.runner import VmRun
 
 
 class MachineError(PyvmmError):
     """The Machine was used out of order (run before start, start twice), or the VM failed to start."""
 
 
-@dataclass
-class MachineConfig:
-    """What to boot. `options` are `pyvmm run` area options by parameter name (e.g. {"halt_poll_ns": "0",
-    "wfx_trap_threshold": "1"}), the same values the CLI would pass; see `pyvmm run --help`."""
-
-    kernel: Path | str | None = None  # None: the bundled `hello` guest
-    initrd: Path | str | None = None
-    cmdline: str = ""
-    memory: int | str = "256M"
-    cpus: int = 1
-    guest_args: list[int] = field(default_factory=list)
-    irqchip: str = "auto"
-    console_log: Path | str | None = None
-    # Linux (arm64): boot an initramfs pyvmm builds around this command, as `pyvmm run -k Image -- CMD` does;
-    # Machine.status is then the command's exit status.
-    command: list[str] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def vm_config(self) -> VmConfig:
-        memory = self.memory if isinstance(self.memory, int) else parse_size(self.memory)
-        return VmConfig(
-            kernel=Path(self.kernel) if self.kernel is not None else None,
-            initrd=Path(self.initrd) if self.initrd is not None else None,
-            cmdline=self.cmdline, memory=memory, cpus=int(self.cpus), guest_args=[int(a) for a in self.guest_args],
-            console=ConsoleConfig(stdin=False, log_path=Path(self.console_log) if self.console_log else None),
-            irqchip=self.irqchip,
-        )
-
-
-def area_values(options: dict[str, Any]) -> dict[str, Any]:
-    """Every `pyvmm run` area option by parameter name, as the CLI would pass it: defaults, then `options` converted
-    and checked by the same click declarations (types, callbacks such as --expect's regex compilation)."""
-    import click
-
-    from pyvmm.cli.areas import area_options
-
-    def target(**kwargs: Any) -> None:
-        pass
-
-    command = click.Command("machine", params=list(reversed(getattr(area_options(target), "__click_params__", []))))
-    ctx = command.make_context("machine", [])
-    params = {param.name: param for param in command.params}
-    unknown = set(options) - set(params)
-    if unknown:
-        raise UsageError(f"unknown pyvmm run option(s) {sorted(unknown)}; known: {sorted(params)}")
-    values = dict(ctx.params)
-    for name, value in options.items():
-        try:
-            values[name] = params[name].process_value(ctx, value)
-        except click.BadParameter as err:
-            raise UsageError(f"option {name}={value!r}: {err.format_message()}") from None
-    return values
+def machine_spec(*, kernel: str | os.PathLike[str] | None = None, initrd: str | os.PathLike[str] | None = None,
+                 cmdline: str = "", memory: int | str = "256M", cpus: int = 1, guest_args: Iterable[int] = (),
+                 irqchip: str = "auto", console_log: str | os.PathLike[str] | None = None,
+                 command: list[str] | None = None, options: Mapping[str, Any] | None = None) -> VmSpec:
+    """The VmSpec of a Machine: the core values, the console (no stdin, no echo: the Machine's Console reads it),
+    and `options`, the `pyvmm run` options by parameter name (e.g. {"halt_poll_ns": "0", "test_timeout": 5}, see
+    pyvmm.spec.options.RunOptions). `command` (Linux, arm64): boot an initramfs pyvmm builds around it, as
+    `pyvmm run -k Image -- CMD` does; Machine.status is then the command's exit status."""
+    values = dict(options or {})
+    if command:
+        values["test_command"] = list(command)
+    return build_spec(kernel=kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=cpus, guest_args=guest_args,
+                      irqchip=irqchip, console_log=console_log, stdin=False, echo=False,
+                      options=RunOptions.from_mapping(values))
 
 
 class Machine:
     """A VM with its console. Not started by the constructor: call start() or use it as a context manager."""
 
-    def __init__(self, config: MachineConfig | None = None, **kwargs: Any) -> None:
-        if config is not None and kwargs:
-            raise UsageError("Machine(): give a MachineConfig or keyword arguments, not both")
-        self.config = config or MachineConfig(**kwargs)
+    def __init__(self, spec: VmSpec | None = None, **kwargs: Any) -> None:
+        """`spec`, or the keyword arguments of `machine_spec` (kernel=, memory=, options=, ...)."""
+        if spec is not None and kwargs:
+            raise UsageError("Machine(): give a VmSpec or keyword arguments, not both")
+        self.spec = spec or machine_spec(**kwargs)
         self.console = Console(self._feed_uart, self._ended_reason)
-        self.outcome: Any = None  # the VmOutcome once the VM has ended
+        self.outcome: VmOutcome | None = None  # once the VM has ended
         self.status: int | None = None  # the exit status `pyvmm run` would have given
         self.error: BaseException | None = None  # what the run thread raised, if anything
-        self._vmm: Any = None
-        self._areas: list[Any] = []
+        self._run: "VmRun | None" = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
-        self._log: Any = None
         self._run_serial = 0
-        self._testdev: Any = None
-        self._stats: list[Any] = []  # StatsReaders: the VM's, then each vCPU's
+        self._testdev: "TestDevice | None" = None
+        self._stats: list["StatsReader"] = []  # the VM's, then each vCPU's
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> "Machine":
         """Build the VM (errors raise here, in the caller's thread) and run it on a background thread."""
         if self._thread is not None:
             raise MachineError("this Machine was already started (make a new one to boot again)")
-        from pyvmm.cli.areas import AREAS
-        from pyvmm.vmm.console import ConsoleOutput
+        from pyvmm.vmm.runner import VmRun
         from pyvmm.vmm.vcpu_thread import KICK_SIGNAL, install_kick_handler
-        from pyvmm.vmm.vmm import Vmm
 
         if threading.current_thread() is threading.main_thread():
             install_kick_handler()
         elif signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, None):
             raise MachineError("start the first Machine from the main thread (it installs the vCPU kick handler)")
-        vm_config = self.config.vm_config()
-        options = dict(self.config.options)
-        if self.config.command:
-            options["test_command"] = tuple(self.config.command)
-        values = area_values(options)
+        self._run = VmRun(self.spec)
         try:
-            if vm_config.console.log_path is not None:
-                self._log = open(vm_config.console.log_path, "ab")
-            output = ConsoleOutput(log=self._log, echo=False)
-            output.listeners.append(self.console.feed)
-            self._areas = [area.from_options(vm_config, values) for area in AREAS]
-            self._vmm = Vmm(vm_config, output=output)
-            for area in self._areas:
-                area.attach(self._vmm)
-            self._vmm.on_started.append(lambda vmm: self._started.set())
-            machine = self._vmm.build()
+            self._run.vmm.output.listeners.append(self.console.feed)
+            self._run.vmm.events.started.subscribe(lambda vmm: self._started.set())
+            machine = self._run.build()
             self._testdev = machine.testdev
             self._open_stats(machine)
         except BaseException:
             self._close_resources()
             raise
-        self._thread = threading.Thread(target=self._run, name="pyvmm-machine", daemon=True)
+        self._thread = threading.Thread(target=self._run_vm, name="pyvmm-machine", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout) and self._thread.is_alive():
             self.stop()
@@ -148,20 +101,18 @@ class Machine:
             raise error
         return self
 
-    def _run(self) -> None:
+    def _run_vm(self) -> None:
         try:
-            self.outcome = self._vmm.run()
-            status = self.outcome.status
-            for area in self._areas:
-                status = area.finish(self._vmm, self.outcome, status)
-            self.status = status
+            assert self._run is not None
+            result = self._run.run()
+            self.outcome, self.status = result.outcome, result.status
         except BaseException as err:  # handed to the caller by start()/wait()/stop()
             self.error = err
         finally:
             self._started.set()
             self.console.wake()
 
-    def wait(self, timeout: float | None = None) -> Any:
+    def wait(self, timeout: float | None = None) -> VmOutcome | None:
         """Block until the guest ends by itself; return its VmOutcome. ConsoleTimeout if it does not in time."""
         if self._thread is None:
             raise MachineError("wait() before start()")
@@ -172,13 +123,11 @@ class Machine:
         self._raise_error()
         return self.outcome
 
-    def stop(self, timeout: float = 10.0) -> Any:
+    def stop(self, timeout: float = 10.0) -> VmOutcome | None:
         """Stop the VM if it runs, join its threads, close its fds. Idempotent; returns the VmOutcome."""
-        from pyvmm.vmm.outcome import VmOutcome
-
         try:
-            if self._thread is not None and self._thread.is_alive():
-                self._vmm.stop(VmOutcome(STOP_STATUS, "stopped by Machine.stop()"))
+            if self._thread is not None and self._thread.is_alive() and self._run is not None:
+                self._run.vmm.stop(VmOutcome(ExitStatus.OK, "stopped by Machine.stop()"))
                 self._thread.join(timeout)
                 if self._thread.is_alive():
                     raise MachineError(f"the VM thread did not end within {timeout:g} s of stop()")
@@ -193,7 +142,7 @@ class Machine:
             error, self.error = self.error, None
             raise error
 
-    def _open_stats(self, machine: Any) -> None:
+    def _open_stats(self, machine: "BuiltMachine") -> None:
         """Stats fds are taken now: KVM_GET_STATS_FD on a vCPU waits for its mutex, which KVM_RUN holds."""
         from pyvmm.kvm.stats import StatsReader
 
@@ -211,12 +160,8 @@ class Machine:
 
     def _close_resources(self) -> None:
         self._close_stats()
-        vmm, self._vmm = self._vmm, None
-        if vmm is not None:
-            vmm.close()  # the machine (VM, vCPU fds) if run() did not tear it down, and /dev/kvm
-        log, self._log = self._log, None
-        if log is not None:
-            log.close()
+        if self._run is not None:
+            self._run.close()  # idempotent: everything the run opened, if run() did not get to close it
 
     def __enter__(self) -> "Machine":
         return self.start()
@@ -235,8 +180,7 @@ class Machine:
         return self.outcome.reason if self.outcome is not None else f"error: {self.error!r}"
 
     def _feed_uart(self, data: bytes) -> None:
-        vmm = self._vmm
-        machine = vmm.machine if vmm is not None else None
+        machine = self._run.vmm.machine if self._run is not None else None
         if machine is None:
             raise MachineError("the VM is not running: nothing reads the console")
         machine.uart.feed(data)

@@ -44,8 +44,8 @@ def pytest_configure(config: pytest.Config) -> None:
                    "guest_args=None): how pyvmm_machine boots the VM for this test")
 
 
-def _machine_config(request: pytest.FixtureRequest, log_path: Any) -> Any:
-    from pyvmm.testing.machine import MachineConfig
+def _machine_spec(request: pytest.FixtureRequest, log_path: Any) -> Any:
+    from pyvmm.testing.machine import machine_spec
 
     opts = request.config.option
     marker: dict[str, Any] = {}
@@ -62,7 +62,7 @@ def _machine_config(request: pytest.FixtureRequest, log_path: Any) -> Any:
         options[name.strip().replace("-", "_")] = value
     options.update(marker.get("options") or {})
     append = " ".join(a for a in [marker.get("append", ""), *opts.pyvmm_append] if a)
-    return MachineConfig(
+    return machine_spec(
         kernel=marker.get("kernel", opts.pyvmm_kernel), initrd=marker.get("initrd", opts.pyvmm_initrd),
         cmdline=append, memory=marker.get("memory") or opts.pyvmm_memory or "256M",
         cpus=marker.get("cpus") or opts.pyvmm_cpus or 1, guest_args=list(marker.get("guest_args") or []),
@@ -75,7 +75,7 @@ def pyvmm_machine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any
     """A started pyvmm Machine (pyvmm.testing.Machine); stopped, joined and closed after the test."""
     from pyvmm.testing.machine import Machine
 
-    machine = Machine(_machine_config(request, tmp_path / "pyvmm-console.log"))
+    machine = Machine(_machine_spec(request, tmp_path / "pyvmm-console.log"))
     request.node.stash[_MACHINE_KEY] = machine
     machine.start()
     try:
@@ -92,6 +92,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if machine is not None and report.failed:
         text = machine.console.text
         if len(text) > _SECTION_CHARS:
-            text = f"[... {len(text) - _SECTION_CHARS} earlier characters in {machine.config.console_log}]\n" \
+            text = f"[... {len(text) - _SECTION_CHARS} earlier characters in {machine.spec.console.log_path}]\n" \
                    + text[-_SECTION_CHARS:]
         report.sections.append((f"{CONSOLE_SECTION} ({report.when})", text or "(the guest printed nothing)"))

@@ -1,16 +1,14 @@
 """The terminal side of the guest console: output to stdout (and a log), input from stdin.
 
 When stdin is a terminal it is put in raw mode so keys reach the guest unchanged; Ctrl-a x quits (as kvmtool and
-QEMU do), Ctrl-a Ctrl-a sends a literal Ctrl-a. The terminal is restored on every exit path (`close()` runs from the
-VMM's finally block and from atexit).
+QEMU do), Ctrl-a Ctrl-a sends a literal Ctrl-a. The terminal is restored on every exit path: `close()` runs when the
+Vmm's run ends, however it ends.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import select
-import sys
 import termios
 import threading
 import tty
@@ -62,7 +60,6 @@ class ConsoleInput:
             return  # no stdin at all (CI, daemons)
         if os.isatty(self._fd):
             self._saved = termios.tcgetattr(self._fd)
-            atexit.register(self.restore_terminal)
             tty.setraw(self._fd)
         self._thread.start()
 
@@ -122,6 +119,3 @@ class ConsoleInput:
             if data:
                 self._feed(data)
 
-
-def stdin_is_usable() -> bool:
-    return sys.stdin is not None

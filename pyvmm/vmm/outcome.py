@@ -1,9 +1,12 @@
-"""How a VM ended, decided once by whoever sees the end first (a vCPU, a signal, the control API)."""
+"""How a VM ended, decided once by whoever sees the end first (a vCPU, a signal, the control API), and the run's
+final exit status decided from it by `final_status`."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+
+from pyvmm.errors import ExitStatus
 
 
 @dataclass(frozen=True)
@@ -39,3 +42,38 @@ class StopLatch:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._event.wait(timeout)
+
+
+@dataclass(frozen=True)
+class ConsoleVerdict:
+    """What the console checks and `-- CMD` saw (pyvmm.testing.features), for final_status."""
+
+    expect: str | None = None  # the --expect pattern, when one was given
+    expect_matched: bool = False
+    command: bool = False  # `-- CMD`: the status is the command's
+    command_status: int | None = None  # as the guest reported it (test device EXIT, or the console marker line)
+
+
+@dataclass(frozen=True)
+class FinalStatus:
+    status: int  # the process exit status
+    note: str | None = None  # one line for the user when the status is not the outcome's own
+    error: bool = False
+
+
+def final_status(outcome: VmOutcome, verdict: ConsoleVerdict | None = None) -> FinalStatus:
+    """The one decision of a run's exit status, from how the VM ended and what the console checks saw."""
+    status = outcome.status
+    if verdict is None or (status == ExitStatus.TIMEOUT and outcome.error):
+        return FinalStatus(status)
+    if verdict.expect is not None and not verdict.expect_matched and status == ExitStatus.OK:
+        return FinalStatus(ExitStatus.FAILED, f"the guest ended before the console matched --expect "
+                                              f"{verdict.expect!r} ({outcome.reason})")
+    if not verdict.command or verdict.expect_matched or outcome.error or outcome.reboot:
+        return FinalStatus(status)
+    if verdict.command_status is not None:
+        return FinalStatus(verdict.command_status)
+    if status != ExitStatus.OK:
+        return FinalStatus(status)  # stopped from outside (SIGINT 130, SIGTERM 143): keep what says so
+    return FinalStatus(ExitStatus.SOFTWARE, f"the guest ended without reporting the command's exit status "
+                                            f"({outcome.reason})", error=True)

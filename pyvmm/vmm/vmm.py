@@ -1,52 +1,48 @@
-"""The VMM: builds a machine from a VmConfig, runs its vCPU threads, and ends it once with one outcome."""
+"""The VMM: builds a machine from a VmSpec, runs its vCPU threads, ends it once with one outcome, and tells its
+features about each step through typed lifecycle events (pyvmm.vmm.lifecycle)."""
 
 from __future__ import annotations
 
 import signal
 import threading
 from contextlib import ExitStack
-from typing import Callable
 
 from pyvmm.arch import host_arch, machine_module
 from pyvmm.arch.machine import Machine, MachineContext
-from pyvmm.config import VmConfig
 from pyvmm.errors import ExitStatus, UsageError
 from pyvmm.kvm.system import Kvm
-from pyvmm.kvm.vm import Vm
+from pyvmm.spec import VmSpec
 from pyvmm.vmm.console import ConsoleInput, ConsoleOutput
+from pyvmm.vmm.lifecycle import Lifecycle
 from pyvmm.vmm.outcome import StopLatch, VmOutcome
 from pyvmm.vmm.vcpu_thread import VcpuThread, install_kick_handler
 
 
 class Vmm:
-    """One VM's life. `run()` blocks until the VM ends and returns how it ended.
+    """One VM's life. `run()` blocks until the VM ends and returns how it ended. The spec is validated already
+    (pyvmm.vmm.runner does it once); features subscribe to `events` before `run()`."""
 
-    `before_vcpus` hooks run on the VM before vCPUs exist (some capabilities must be set that early);
-    `on_started` hooks run once the vCPU threads are running (control socket, stats sampling).
-    """
-
-    def __init__(self, config: VmConfig, output: ConsoleOutput | None = None,
-                 before_vcpus: list[Callable[[Vm], None]] | None = None, hide_pv_unhalt: bool = False) -> None:
-        if not config.arch:
-            config.arch = host_arch()
-        config.validate()
-        self.config = config
+    def __init__(self, spec: VmSpec, output: ConsoleOutput | None = None) -> None:
+        self.spec = spec
         self.output = output or ConsoleOutput()
-        self.before_vcpus = list(before_vcpus or [])
-        self.hide_pv_unhalt = hide_pv_unhalt
-        self.on_started: list[Callable[["Vmm"], None]] = []
-        self.on_finished: list[Callable[["Vmm", VmOutcome], None]] = []
+        self.events = Lifecycle()
         self.latch = StopLatch()
         self.machine: Machine | None = None
         self.kvm: Kvm | None = None
         self.threads: list[VcpuThread] = []
         self._final: VmOutcome | None = None  # a stop that must end the VM even while it restarts on reboot
+        self._stopping_told = False  # `stopping` is emitted once per boot
+        self._stopping_lock = threading.Lock()
 
     # -- lifecycle requests (any thread) ------------------------------------------------------------------------
     def stop(self, outcome: VmOutcome) -> None:
         if not outcome.reboot and self._final is None:
             self._final = outcome
         self.latch.set(outcome)
+        with self._stopping_lock:
+            tell, self._stopping_told = not self._stopping_told, True
+        if tell:
+            self.events.stopping.emit(self.latch.outcome or outcome)
         for thread in self.threads:
             thread.request_stop()
 
@@ -62,29 +58,39 @@ class Vmm:
 
     # -- building and running -----------------------------------------------------------------------------------
     def build(self) -> Machine:
-        config = self.config
+        spec = self.spec
         if self.kvm is None:
             self.kvm = Kvm.open()
         max_vcpus = self.kvm.max_vcpus()
-        if config.cpus > max_vcpus:
-            raise UsageError(f"--cpus {config.cpus} is more than this KVM allows ({max_vcpus}, KVM_CAP_MAX_VCPUS)")
+        if spec.cpus > max_vcpus:
+            raise UsageError(f"--cpus {spec.cpus} is more than this KVM allows ({max_vcpus}, KVM_CAP_MAX_VCPUS)")
         context = MachineContext(
-            config=config, kvm=self.kvm, console_output=self.output, on_guest_exit=self._guest_exit,
-            before_vcpus=self.before_vcpus, hide_pv_unhalt=self.hide_pv_unhalt,
+            spec=spec, kvm=self.kvm, console_output=self.output, on_guest_exit=self._guest_exit,
+            before_vcpus=self.events.before_vcpus.emit,
         )
-        self.machine = machine_module(config.arch).build(context)
+        self.machine = machine_module(spec.arch).build(context)
         return self.machine
 
     def run(self) -> VmOutcome:
-        """Build (if needed), run until the VM ends, tear down. Restarts on reboot when configured to."""
-        while True:
-            outcome = self._run_once()
-            if outcome.reboot and self._final is not None:
-                return self._final  # stopped (signal, timeout, API) while the guest was rebooting
-            if outcome.reboot and self.config.on_reboot == "restart":
-                self.latch = StopLatch()
-                continue
-            return outcome
+        """Build (if needed), run until the VM ends, tear down. Restarts on reboot when the spec says so."""
+        try:
+            while True:
+                outcome = self._run_once()
+                if outcome.reboot and self._final is not None:
+                    outcome = self._final  # stopped (signal, timeout, API) while the guest was rebooting
+                elif outcome.reboot and self.spec.on_reboot == "restart":
+                    self._teardown()
+                    self.latch = StopLatch()
+                    self._stopping_told = False
+                    continue
+                self.events.finished.emit(outcome)
+                return outcome
+        finally:
+            if not self.latch.is_set():  # an error on the way: vCPUs must not outlive their machine
+                self.stop(VmOutcome(ExitStatus.SOFTWARE, "the VMM failed", error=True))
+                for thread in self.threads:
+                    thread.join(5.0)
+            self._teardown()
 
     def _run_once(self) -> VmOutcome:
         in_main = threading.current_thread() is threading.main_thread()
@@ -92,34 +98,30 @@ class Vmm:
             if self.machine is None:
                 self.build()
             machine = self.machine
-            cleanup.callback(self._teardown)
             if in_main:
                 install_kick_handler()
                 self._install_signal_handlers(cleanup)
             self.threads = [
-                VcpuThread(vcpu, machine.mmio_bus, machine.pio_bus, self.latch, self.config.on_reboot,
+                VcpuThread(vcpu, machine.mmio_bus, machine.pio_bus, self.latch, self.spec.on_reboot,
                            machine.on_system_event)
                 for vcpu in machine.vcpus
             ]
             console_in = None
-            if self.config.console.stdin:
+            if self.spec.console.stdin:
                 console_in = ConsoleInput(machine.console_input or machine.uart.feed, self._quit_from_console)
                 console_in.start()
                 cleanup.callback(console_in.close)
             for thread in self.threads:
                 thread.start()
-            for hook in self.on_started:
-                hook(self)
+            self.events.started.emit(self)
             while not self.latch.wait(0.5):
                 if not any(t.is_alive() for t in self.threads):
-                    self.latch.set(VmOutcome(ExitStatus.SOFTWARE, "every vCPU thread ended without an outcome", error=True))
+                    self.latch.set(VmOutcome(ExitStatus.SOFTWARE, "every vCPU thread ended without an outcome",
+                                             error=True))
             self.stop(self.latch.outcome)  # make every vCPU leave KVM_RUN
             for thread in self.threads:
                 thread.join(5.0)
-            outcome = self.latch.outcome
-            for hook in self.on_finished:
-                hook(self, outcome)
-            return outcome
+            return self.latch.outcome
 
     def _teardown(self) -> None:
         machine, self.machine = self.machine, None
@@ -133,7 +135,7 @@ class Vmm:
             self.kvm = None
 
     def _quit_from_console(self) -> None:
-        self.stop(VmOutcome(0, "stopped from the console (Ctrl-a x)"))
+        self.stop(VmOutcome(ExitStatus.OK, "stopped from the console (Ctrl-a x)"))
 
     def _install_signal_handlers(self, cleanup: ExitStack) -> None:
         def on_signal(signum: int, frame: object) -> None:

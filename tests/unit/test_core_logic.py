@@ -10,7 +10,7 @@ import pytest
 
 from pyvmm.arch.arm64 import boot as arm_boot
 from pyvmm.arch.arm64 import image as arm_image
-from pyvmm.config import parse_size
+from pyvmm.spec import parse_size
 from pyvmm.devices.bus import Bus, BusConflictError
 from pyvmm.devices.serial import Serial16550
 from pyvmm.errors import GuestMemoryError, ImageError, UsageError

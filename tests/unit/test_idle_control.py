@@ -19,7 +19,9 @@ from pyvmm.idle.apply import IdleChange
 from pyvmm.idle.caps import cap_table
 from pyvmm.idle.control import IdleController, IdleRefusedError, applied_to_dict, render_policy
 from pyvmm.idle.host import HostInfo, PreemptModel
-from pyvmm.idle.policy import IdlePolicy
+from pyvmm.idle.policy import IdlePolicy, check_affinity
+from pyvmm.spec import IdleSpec, VmSpec
+from pyvmm.vmm.lifecycle import Lifecycle
 
 CAPS = cap_table(environ={})
 ARM = HostInfo("arm64", "6.12.117-wfx", {}, {"halt_poll_ns": 200000}, PreemptModel("full", "test"), 4)
@@ -44,10 +46,9 @@ class FakeVmm:
     """What IdleController and dispatch use of pyvmm.vmm.vmm.Vmm."""
 
     def __init__(self, vm, cpus=1):
-        self.config = SimpleNamespace(arch="arm64", cpus=cpus)
+        self.spec = SimpleNamespace(arch="arm64", cpus=cpus)
         self.machine = SimpleNamespace(vm=vm, vcpus=[])
-        self.before_vcpus, self.on_started, self.on_finished = [], [], []
-        self.hide_pv_unhalt = False
+        self.events = Lifecycle()
         self.threads = []
         self.stopped = None
         self.paused = False
@@ -67,9 +68,8 @@ def running_controller(policy=IdlePolicy(), accepts=(236, 248, 182), host=ARM):
     vm = FakeVM(accepts)
     vmm = FakeVmm(vm)
     c = IdleController(policy, caps=CAPS, host=host)
-    c.attach(vmm)
-    for hook in vmm.before_vcpus:
-        hook(vm)
+    c.subscribe(vmm)
+    vmm.events.before_vcpus.emit(vm)
     return c, vmm, vm
 
 
@@ -88,16 +88,15 @@ def test_fallback_runs_and_records_it():
 
 
 def test_hlt_passthrough_hides_pv_unhalt():
-    vmm = FakeVmm(FakeVM())
-    IdleController(IdlePolicy(idle_exits={"hlt"}), caps=CAPS, host=ARM).attach(vmm)
-    assert vmm.hide_pv_unhalt is True
+    assert VmSpec(idle=IdleSpec(policy=IdlePolicy(idle_exits={"hlt"}))).hide_pv_unhalt is True
+    assert VmSpec(idle=IdleSpec(policy=IdlePolicy(idle_exits={"pause"}))).hide_pv_unhalt is False
 
 
 def test_affinity_checked_before_the_vm_runs():
     with pytest.raises(UsageError, match="names vCPU 3, but the VM has 1"):
-        IdleController(IdlePolicy(cpu_affinity={3: {0}}), caps=CAPS, host=ARM).attach(FakeVmm(FakeVM()))
+        VmSpec(idle=IdleSpec(policy=IdlePolicy(cpu_affinity={3: {0}}))).validate()
     with pytest.raises(UsageError, match="not available to pyvmm"):
-        IdleController.check_affinity({0: {4096}}, 1)
+        check_affinity({0: {4096}}, 1)
 
 
 def test_policy_dict_is_json_and_renders():

@@ -1,37 +1,37 @@
-"""How `pyvmm run -- CMD` turns the guest's report into its own exit status (pyvmm/cli/run_testing.py), with a
-stand-in for the Vmm: the console marker, the test device, and a guest that reports nothing."""
+"""How `pyvmm run -- CMD` turns the guest's report into its own exit status (pyvmm.testing.features and
+pyvmm.vmm.outcome.final_status), with a stand-in for the Vmm: the console marker, the test device, and a guest that
+reports nothing."""
 
 from __future__ import annotations
 
 import re
 from types import SimpleNamespace
 
-from pyvmm.cli import run_testing
-from pyvmm.cli.run_testing import EXIT_FAIL_ON, EXIT_NO_STATUS, ConsoleWatch
-from pyvmm.errors import EXIT_TIMEOUT
-from pyvmm.vmm.outcome import VmOutcome
+from pyvmm.errors import ExitStatus
+from pyvmm import spec
+from pyvmm.testing.features import ConsoleChecks, ConsoleWatch
+from pyvmm.vmm.lifecycle import Lifecycle
+from pyvmm.vmm.outcome import VmOutcome, final_status
 
-POWER_OFF = VmOutcome(0, "the guest powered off")
+POWER_OFF = VmOutcome(ExitStatus.OK, "the guest powered off")
 
 
 class FakeVmm:
     def __init__(self) -> None:
         self.stopped: list[VmOutcome] = []
         self.output = SimpleNamespace(listeners=[])
-        self.before_vcpus: list = []
-        self.on_started: list = []
-        self.on_finished: list = []
+        self.events = Lifecycle()
         self.machine = SimpleNamespace(testdev=SimpleNamespace(exit_status=None))
 
     def stop(self, outcome: VmOutcome) -> None:
         self.stopped.append(outcome)
 
 
-def command_area(vmm: FakeVmm, expect: str | None = None) -> run_testing.TestingArea:
-    # (imported through the module: pytest would try to collect a class named Test* imported here)
-    area = run_testing.TestingArea(None, re.compile(expect) if expect else None, None, command_mode=True)
-    area.attach(vmm)
-    return area
+def command_checks(vmm: FakeVmm, expect: str | None = None) -> ConsoleChecks:
+    # (TestingSpec through its module: pytest would try to collect a class named Test* imported here)
+    checks = ConsoleChecks(spec.TestingSpec(expect=re.compile(expect) if expect else None, command=["true"]))
+    checks.subscribe(vmm)  # type: ignore[arg-type]
+    return checks
 
 
 def feed_bytewise(vmm: FakeVmm, text: bytes) -> None:
@@ -42,40 +42,39 @@ def feed_bytewise(vmm: FakeVmm, text: bytes) -> None:
 
 def test_the_console_marker_gives_the_status():
     vmm = FakeVmm()
-    area = command_area(vmm)
+    checks = command_checks(vmm)
     feed_bytewise(vmm, b"output\r\nPYVMM-EXIT-STATUS 42\r\n")
-    assert area.finish(vmm, POWER_OFF, 0) == 42
+    assert final_status(POWER_OFF, checks.verdict()).status == 42
 
 
 def test_the_test_device_wins_and_a_marker_inside_a_line_is_ignored():
     vmm = FakeVmm()
-    area = command_area(vmm)
+    checks = command_checks(vmm)
     feed_bytewise(vmm, b"echo PYVMM-EXIT-STATUS 9 is not a marker\n")
     vmm.machine.testdev.exit_status = 7
-    for hook in vmm.on_finished:
-        hook(vmm, VmOutcome(7, "the guest exited with status 7"))
-    assert area.finish(vmm, VmOutcome(7, "the guest exited with status 7"), 7) == 7
+    outcome = VmOutcome(7, "the guest exited with status 7")
+    vmm.events.finished.emit(outcome)
+    assert final_status(outcome, checks.verdict()).status == 7
 
 
-def test_no_report_is_an_error_status(capsys):
-    vmm = FakeVmm()
-    area = command_area(vmm)
-    assert area.finish(vmm, POWER_OFF, 0) == EXIT_NO_STATUS
-    assert "without reporting the command's exit status" in capsys.readouterr().err
+def test_no_report_is_an_error_status():
+    final = final_status(POWER_OFF, command_checks(FakeVmm()).verdict())
+    assert final.status == ExitStatus.SOFTWARE and final.error
+    assert "without reporting the command's exit status" in (final.note or "")
 
 
 def test_reboot_timeout_and_signals_keep_their_statuses():
-    vmm = FakeVmm()
-    area = command_area(vmm)
-    assert area.finish(vmm, VmOutcome(80, "the guest rebooted", reboot=True), 80) == 80
-    assert area.finish(vmm, VmOutcome(130, "stopped by SIGINT"), 130) == 130
-    assert area.finish(vmm, VmOutcome(EXIT_TIMEOUT, "timed out", error=True), EXIT_TIMEOUT) == EXIT_TIMEOUT
+    verdict = command_checks(FakeVmm()).verdict()
+    assert final_status(VmOutcome(ExitStatus.REBOOT, "the guest rebooted", reboot=True), verdict).status == 80
+    assert final_status(VmOutcome(ExitStatus.SIGINT, "stopped by SIGINT"), verdict).status == 130
+    timeout = VmOutcome(ExitStatus.TIMEOUT, "timed out", error=True)
+    assert final_status(timeout, verdict).status == ExitStatus.TIMEOUT
 
 
 def test_watch_matches_growing_lines_once_and_bounds_them():
     vmm = FakeVmm()
     watch = ConsoleWatch(re.compile("login: "), re.compile("BUG:"), marker=False)
-    watch.vmm = vmm
+    watch.vmm = vmm  # type: ignore[assignment]
     watch(b"x" * 10000)
     assert len(watch.line) <= 4096
     watch(b"\nfoo login: ")
@@ -83,8 +82,8 @@ def test_watch_matches_growing_lines_once_and_bounds_them():
     assert [o.status for o in vmm.stopped] == [0]  # the first verdict stands; later lines are not matched
     vmm2 = FakeVmm()
     watch2 = ConsoleWatch(None, re.compile("BUG:"), marker=False)
-    watch2.vmm = vmm2
+    watch2.vmm = vmm2  # type: ignore[assignment]
     feed = b"[ 1.0] BUG: unable to handle\n"
     for byte in feed:
         watch2(bytes([byte]))
-    assert [o.status for o in vmm2.stopped] == [EXIT_FAIL_ON]
+    assert [o.status for o in vmm2.stopped] == [ExitStatus.FAILED]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pyvmm.config import VmConfig
+from pyvmm.spec import VmSpec
 from pyvmm.devices.virtio import blk as b
 from pyvmm.devices.virtio import constants as v
 from pyvmm.devices.virtio.config import (
@@ -228,9 +228,8 @@ def test_disk_and_net_options_parse():
 def test_device_validation_rejects_with_one_line(devices, message):
     with pytest.raises(UsageError, match=message):
         validate_devices(devices)
-    config = VmConfig(devices=devices)
     with pytest.raises(UsageError, match=message):
-        config.validate()
+        VmSpec(devices=devices).validate()
 
 
 def test_pyvmm_run_rejects_a_bad_disk_option():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyvmm_guests
 
-from pyvmm.config import ConsoleConfig, VmConfig
+from pyvmm.spec import ConsoleSpec, VmSpec
 from pyvmm.vmm.console import ConsoleOutput
 from pyvmm.vmm.vcpu_thread import VcpuState
 from pyvmm.vmm.vmm import Vmm
@@ -26,9 +26,8 @@ def make_vmm(guest: str | Path, *args: int, cpus: int = 1, sink: list | None = N
     collected = sink if sink is not None else []
     output = ConsoleOutput(echo=False)
     output.listeners.append(collected.append)
-    config = VmConfig(kernel=kernel, cpus=cpus, memory=64 << 20, guest_args=list(args),
-                      console=ConsoleConfig(stdin=False))
-    return Vmm(config, output=output)
+    spec = VmSpec(kernel=kernel, cpus=cpus, memory=64 << 20, guest_args=list(args), console=ConsoleSpec(stdin=False))
+    return Vmm(spec.validate(), output=output)
 
 
 def payload(tmp_path: Path, code: bytes) -> Path:
@@ -73,7 +72,7 @@ def test_exits_guest_takes_exactly_its_exits_through_the_run_loop():
 def test_idle_guest_data_is_collected():
     collected: list[int] = []
     vmm = make_vmm("idle", 20, 1000)
-    vmm.on_finished.append(lambda v, outcome: collected.extend(v.machine.testdev.data))
+    vmm.events.finished.subscribe(lambda outcome: collected.extend(vmm.machine.testdev.data))
     try:
         assert vmm.run().status == 0
     finally:

@@ -30,7 +30,7 @@ def test_run_options_from_the_marker(pyvmm_machine):
 
 def test_log_is_per_test(pyvmm_machine, tmp_path):
     pyvmm_machine.wait(30)
-    assert pyvmm_machine.config.console_log.parent == tmp_path
+    assert pyvmm_machine.spec.console.log_path.parent == tmp_path
 """
 
 FAILING = """
@@ -66,8 +66,8 @@ def test_a_failing_test_shows_the_console_in_its_report(tmp_path):
 def test_command_line_options_configure_the_fixture(tmp_path):
     source = """
     def test_cpus(pyvmm_machine):
-        assert pyvmm_machine.config.cpus == 3 and str(pyvmm_machine.config.kernel).endswith("idle.bin")
-        assert pyvmm_machine.config.options == {"test_timeout": "0.5"}
+        assert pyvmm_machine.spec.cpus == 3 and str(pyvmm_machine.spec.kernel).endswith("idle.bin")
+        assert pyvmm_machine.spec.testing.timeout == 0.5
         assert pyvmm_machine.wait(30).status == 0
     """
     import pyvmm_guests
@@ -89,7 +89,7 @@ import pytest
 def test_parallel(pyvmm_machine, n, tmp_path):
     pyvmm_machine.console.expect("Hello")
     assert pyvmm_machine.wait(30).status == 0
-    log = pyvmm_machine.config.console_log
+    log = pyvmm_machine.spec.console.log_path
     assert log.parent == tmp_path and log.read_bytes() == b"Hello from the pyvmm x86_64 guest\\n"
 """
 

@@ -23,44 +23,43 @@ def default_bootargs(user: str) -> str:
 
 
 def build(ctx: MachineContext) -> Machine:
-    config = ctx.config
-    path = config.kernel
+    spec = ctx.spec
+    path = spec.kernel
     if path is None:
         import pyvmm_guests
 
         path = pyvmm_guests.path(ARCH, "hello")
     kernel = image.parse(read_image(path), str(path))
-    initrd_data = read_image(config.initrd, "initrd") if config.initrd is not None else None
-    placement = boot.place(kernel, len(initrd_data) if initrd_data is not None else None, layout.RAM, config.memory)
+    initrd_data = read_image(spec.initrd, "initrd") if spec.initrd is not None else None
+    placement = boot.place(kernel, len(initrd_data) if initrd_data is not None else None, layout.RAM, spec.memory)
 
     vm = Vm(ctx.kvm)
     vcpus: list[Vcpu] = []
     virtio = None
     try:
-        for hook in ctx.before_vcpus:
-            hook(vm)
-        vm.add_ram(layout.RAM, config.memory)
+        ctx.before_vcpus(vm)
+        vm.add_ram(layout.RAM, spec.memory)
         target = vcpu_setup.preferred_target(vm)
-        for index in range(config.cpus):
+        for index in range(spec.cpus):
             vcpu = Vcpu(vm, index)
             vcpus.append(vcpu)
             vcpu_setup.init_vcpu(vcpu, target, powered_off=index > 0)
-        interrupt_controller = gic.create(vm, config.cpus, config.irqchip)
+        interrupt_controller = gic.create(vm, spec.cpus, spec.irqchip)
         gic.finalize(interrupt_controller)
 
         mmio_bus = Bus("MMIO")
         uart_irq = gic.spi_irq_line(layout.UART_SPI)
         uart = Serial16550(ctx.console_output, lambda level: vm.irq_line(uart_irq, level), name="ttyS0")
         mmio_bus.register(layout.UART, layout.UART_SIZE, uart)
-        testdev = TestDevice(ctx.on_guest_exit, config.guest_args)
+        testdev = TestDevice(ctx.on_guest_exit, spec.guest_args)
         mmio_bus.register(layout.TESTDEV, layout.TESTDEV_SIZE, testdev)
 
         # -- virtio devices (pyvmm/devices/virtio/setup.py): slots on the MMIO bus, ioeventfd/irqfd, DT nodes --------
         virtio_nodes: list[devicetree.MmioDeviceNode] = []
-        if config.devices:
+        if spec.devices:
             from pyvmm.devices.virtio import setup as virtio_setup
 
-            virtio = virtio_setup.attach_arm64(vm, mmio_bus, config.devices, ctx.console_output)
+            virtio = virtio_setup.attach_arm64(vm, mmio_bus, spec.devices, ctx.console_output)
             virtio_nodes = virtio.device_nodes()
         # -- end of virtio devices ---------------------------------------------------------------------------------
 
@@ -70,19 +69,19 @@ def build(ctx: MachineContext) -> Machine:
             vm.memory.write(placement.initrd, initrd_data)
             initrd_range = (placement.initrd, placement.initrd + len(initrd_data))
         dtb = devicetree.build(
-            mpidrs=[vcpu_setup.mpidr(v) for v in vcpus], memory_base=layout.RAM, memory_size=config.memory,
-            gic=interrupt_controller, bootargs=config.cmdline if kernel.raw else default_bootargs(config.cmdline), initrd=initrd_range,
+            mpidrs=[vcpu_setup.mpidr(v) for v in vcpus], memory_base=layout.RAM, memory_size=spec.memory,
+            gic=interrupt_controller, bootargs=spec.cmdline if kernel.raw else default_bootargs(spec.cmdline), initrd=initrd_range,
             devices=virtio_nodes,
         )
         if len(dtb) > layout.DTB_MAX_SIZE:
             raise UsageError(f"the generated device tree is {len(dtb)} bytes, over the 2 MiB the boot protocol allows: "
                              f"configure fewer devices")
         vm.memory.write(placement.dtb, dtb)
-        if config.dtb_dump is not None:
+        if spec.dtb_dump is not None:
             try:
-                config.dtb_dump.write_bytes(dtb)
+                spec.dtb_dump.write_bytes(dtb)
             except OSError as err:
-                raise MissingFileError(f"cannot write --dump-dtb {config.dtb_dump}: {err.strerror}") from None
+                raise MissingFileError(f"cannot write --dump-dtb {spec.dtb_dump}: {err.strerror}") from None
         vcpu_setup.set_boot_registers(vcpus[0], placement.kernel, placement.dtb)
     except BaseException:
         discard(vm, vcpus, virtio)

@@ -32,10 +32,10 @@ def _set_system_pages(vm: Vm) -> None:
 
 
 def build(ctx: MachineContext) -> Machine:
-    config = ctx.config
-    if config.initrd is not None:
+    spec = ctx.spec
+    if spec.initrd is not None:
         raise KvmUnavailableError("--initrd needs the Linux boot protocol, which pyvmm implements on arm64 only")
-    path = config.kernel
+    path = spec.kernel
     if path is None:
         import pyvmm_guests
 
@@ -49,31 +49,30 @@ def build(ctx: MachineContext) -> Machine:
     try:
         _set_system_pages(vm)
         irqchip.create(vm)
-        for hook in ctx.before_vcpus:
-            hook(vm)
-        _add_ram(vm, config.memory)
+        ctx.before_vcpus(vm)
+        _add_ram(vm, spec.memory)
 
         pio_bus = Bus("port I/O")
         mmio_bus = Bus("MMIO")
         uart = Serial16550(ctx.console_output, lambda level: vm.irq_line(layout.COM1_IRQ, level), name="COM1")
         pio_bus.register(layout.COM1_PORT, 8, uart)
-        testdev = TestDevice(ctx.on_guest_exit, config.guest_args)
+        testdev = TestDevice(ctx.on_guest_exit, spec.guest_args)
         pio_bus.register(layout.TESTDEV_PORT, TESTDEV_SIZE, testdev)
 
         # -- virtio devices (pyvmm/devices/virtio/setup.py): virtio-mmio slots from layout.MMIO_START, IOAPIC GSIs
         # 16 + n. A Linux guest finds them through `virtio_mmio.device=0x200@<base>:<gsi>` on its command line
         # (VirtioDevices.kernel_params()); no Linux boots on x86_64 here, so nothing adds them automatically yet.
-        if config.devices:
+        if spec.devices:
             from pyvmm.devices.virtio import setup as virtio_setup
 
-            virtio = virtio_setup.attach_x86_64(vm, mmio_bus, config.devices, ctx.console_output)
+            virtio = virtio_setup.attach_x86_64(vm, mmio_bus, spec.devices, ctx.console_output)
         # -- end of virtio devices ---------------------------------------------------------------------------------
 
         load_addr = boot.load_payload(vm, payload)
-        for index in range(config.cpus):
+        for index in range(spec.cpus):
             vcpu = Vcpu(vm, index)
             vcpus.append(vcpu)
-            cpuid.set_cpuid(ctx.kvm, vcpu, ctx.hide_pv_unhalt)
+            cpuid.set_cpuid(ctx.kvm, vcpu, spec.hide_pv_unhalt)
         # vCPU 0 is the bootstrap processor; the others wait for INIT/SIPI in the in-kernel LAPIC.
         boot.set_real_mode_entry(vcpus[0])
     except BaseException:

@@ -1,0 +1,162 @@
+"""`VmSpec`: everything needed to build and run one VM, as plain dataclasses, validated once before anything is made.
+
+The core fields describe the machine; `devices` the virtio devices; `idle` and `testing` the features that watch or
+tune the VM while it runs (pyvmm.vmm.runner turns them into lifecycle subscribers).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyvmm.devices.virtio.config import DeviceConfig
+from pyvmm.errors import UsageError
+from pyvmm.idle.policy import IdlePolicy, check_affinity
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+_SIZE_UNITS = {"": MIB, "k": 1 << 10, "m": MIB, "g": GIB, "t": 1 << 40}
+
+# Below this a guest cannot hold even the bundled payloads plus page tables/DTB.
+MIN_MEMORY = 16 * MIB
+# One vCPU thread each: far above what a Python VMM should be asked for, and KVM's own limit is checked too.
+MAX_CPUS = 512
+
+
+def parse_size(text: str) -> int:
+    """Parse '256M', '1G', '512' (MiB when no unit, like kvmtool and QEMU) into bytes."""
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise UsageError(f"cannot parse memory size {text!r}: use a number with an optional K, M or G suffix (e.g. 256M)")
+    number, unit, _ = match.groups()
+    return int(number) * _SIZE_UNITS[unit.lower()]
+
+
+def host_memory_bytes() -> int:
+    """MemTotal of the host, the ceiling for a guest's RAM."""
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass
+class ConsoleSpec:
+    """Where the guest's UART goes: output to stdout (`echo`) and optionally a log, input from stdin."""
+
+    stdin: bool = True
+    echo: bool = True
+    log_path: Path | None = None
+
+
+@dataclass
+class IdleSpec:
+    """The per-VM idle policy, the control socket and the statistics report (pyvmm.idle.feature)."""
+
+    policy: IdlePolicy = field(default_factory=IdlePolicy)
+    cap_numbers: dict[str, int] = field(default_factory=dict)  # out-of-tree capability numbers by name
+    api_socket: Path | None = None
+    stats_json: Path | None = None
+    measure: bool = False  # sample statistics and report them (RunResult.report) without any file
+
+    @property
+    def active(self) -> bool:
+        return (self.policy != IdlePolicy() or bool(self.cap_numbers) or self.api_socket is not None
+                or self.stats_json is not None or self.measure)
+
+
+@dataclass
+class TestingSpec:
+    """Console checks, a deadline, and `-- CMD` (boot an initramfs built around a command; pyvmm.testing.features)."""
+
+    timeout: float | None = None  # seconds
+    expect: re.Pattern[str] | None = None
+    fail_on: re.Pattern[str] | None = None
+    command: list[str] = field(default_factory=list)
+    adds: list[str] = field(default_factory=list)  # HOST:GUEST files for the command's initramfs
+    busybox: Path | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.timeout is not None or self.expect is not None or self.fail_on is not None or bool(self.command)
+
+
+@dataclass
+class VmSpec:
+    """Everything needed to build and run one VM."""
+
+    kernel: Path | None = None  # None: the bundled `hello` guest for the host's architecture
+    initrd: Path | None = None
+    cmdline: str = ""
+    memory: int = 256 * MIB
+    cpus: int = 1
+    arch: str = ""  # "": the host's architecture (filled by validate)
+    guest_args: list[int] = field(default_factory=list)
+    irqchip: str = "auto"  # arm64: gicv3 | gicv2 | auto
+    on_reboot: str = "exit"  # exit | restart
+    dtb_dump: Path | None = None
+    debug: bool = False
+    console: ConsoleSpec = field(default_factory=ConsoleSpec)
+    devices: list[DeviceConfig] = field(default_factory=list)  # virtio devices, in the order given
+    idle: IdleSpec = field(default_factory=IdleSpec)
+    testing: TestingSpec = field(default_factory=TestingSpec)
+
+    @property
+    def hide_pv_unhalt(self) -> bool:
+        """x86: with HLT passthrough, advertising KVM_FEATURE_PV_UNHALT makes some (nested) hosts fail KVM entry."""
+        return "hlt" in self.idle.policy.idle_exits
+
+    def validate(self) -> "VmSpec":
+        """Reject what can never work, with one-line messages that say what to do instead. Returns the spec."""
+        if not self.arch:
+            from pyvmm.arch import host_arch
+
+            self.arch = host_arch()
+        self._validate_core()
+        if self.devices:
+            from pyvmm.devices.virtio.config import validate_devices
+
+            validate_devices(self.devices)
+        check_affinity(self.idle.policy.cpu_affinity, self.cpus)
+        self._validate_testing()
+        return self
+
+    def _validate_core(self) -> None:
+        if self.cpus < 1:
+            raise UsageError(f"--cpus must be at least 1 (got {self.cpus})")
+        if self.cpus > MAX_CPUS:
+            raise UsageError(f"--cpus {self.cpus} is absurd for pyvmm: at most {MAX_CPUS} (and KVM's own limit)")
+        if self.memory < MIN_MEMORY:
+            raise UsageError(f"--memory {self.memory // MIB}M is too small: at least {MIN_MEMORY // MIB}M")
+        host = host_memory_bytes()
+        if self.memory > host:
+            raise UsageError(
+                f"--memory {self.memory // MIB}M is more than this host has ({host // MIB}M): ask for less"
+            )
+        if self.on_reboot not in ("exit", "restart"):
+            raise UsageError(f"--on-reboot must be exit or restart (got {self.on_reboot!r})")
+        if self.irqchip not in ("auto", "gicv3", "gicv2"):
+            raise UsageError(f"--irqchip must be auto, gicv3 or gicv2 (got {self.irqchip!r})")
+        for value in self.guest_args:
+            if not 0 <= value < 1 << 32:
+                raise UsageError(f"--guest-arg {value} does not fit in 32 bits")
+
+    def _validate_testing(self) -> None:
+        testing = self.testing
+        if testing.timeout is not None and not testing.timeout > 0:
+            raise UsageError(f"--timeout must be more than 0 seconds (got {testing.timeout:g})")
+        if (testing.adds or testing.busybox) and not testing.command:
+            raise UsageError("--add and --busybox only apply to `pyvmm run --kernel Image -- CMD ARGS...`")
+        if not testing.command:
+            return
+        if self.kernel is None:
+            raise UsageError("-- CMD needs a Linux kernel: give --kernel Image")
+        if self.initrd is not None:
+            raise UsageError("--initrd cannot be combined with -- CMD: pyvmm builds the initramfs (use --add for files)")
+        if self.arch != "arm64":
+            raise UsageError(f"-- CMD boots Linux, which pyvmm supports on arm64 only (this is {self.arch})")

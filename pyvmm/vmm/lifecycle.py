@@ -1,0 +1,51 @@
+"""Typed lifecycle events of one VM, and the contract of a feature that subscribes to them.
+
+Order for one boot: before_vcpus(vm) -> started(vmm) -> stopping(outcome) -> finished(outcome). With
+`--on-reboot restart` the first three repeat for every boot; `finished` comes once, with the final outcome, while the
+last machine still exists (its test device can be read). Handlers run on the thread that causes the event: `stopping`
+runs on whichever thread stopped the VM (a vCPU thread for the guest's own exit), the others on the runner's thread.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Generic, Protocol, TypeVar
+
+from pyvmm.kvm.vm import Vm
+from pyvmm.vmm.outcome import VmOutcome
+
+if TYPE_CHECKING:
+    from pyvmm.vmm.vmm import Vmm
+
+T = TypeVar("T")
+
+
+class Event(Generic[T]):
+    """Handlers called in subscription order with the event's value; an exception propagates to the emitter."""
+
+    def __init__(self) -> None:
+        self._handlers: list[Callable[[T], None]] = []
+
+    def subscribe(self, handler: Callable[[T], None]) -> None:
+        self._handlers.append(handler)
+
+    def emit(self, value: T) -> None:
+        for handler in list(self._handlers):
+            handler(value)
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.before_vcpus: Event[Vm] = Event()  # the VM exists, no vCPU yet (some capabilities must come first)
+        self.started: Event["Vmm"] = Event()  # every vCPU thread runs
+        self.stopping: Event[VmOutcome] = Event()  # the VM was asked to stop; vCPU threads are still alive
+        self.finished: Event[VmOutcome] = Event()  # the VM ended for good; the machine is not torn down yet
+
+
+class Feature(Protocol):
+    """Something a VmSpec asks for beyond the machine itself (idle control, console checks, ...)."""
+
+    def subscribe(self, vmm: "Vmm") -> None:
+        """Subscribe to vmm.events (and vmm.output) before the VM is built."""
+
+    def close(self) -> None:
+        """Release everything the feature opened. The runner calls it once the VM has ended, however it ended."""

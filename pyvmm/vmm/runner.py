@@ -1,0 +1,97 @@
+"""The one way to run a VM: spec -> features -> Vmm -> run -> close -> final status.
+
+`pyvmm run`, `pyvmm.testing.Machine` (on its background thread) and `pyvmm bench idle` all go through `VmRun`:
+
+    result = run_vm(build_spec(kernel="Image", options=RunOptions(test_expect="login:")))
+    sys.exit(result.status)
+
+Everything a run opens (the console log, the features' sockets, timers, stats fds, temporary files, the VM and
+/dev/kvm) is closed by `VmRun.close()`, which `run()` calls however the VM ended; nothing is left to atexit.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pyvmm.arch.machine import Machine
+from pyvmm.errors import MissingFileError
+from pyvmm.spec import VmSpec
+from pyvmm.vmm.console import ConsoleOutput
+from pyvmm.vmm.lifecycle import Feature
+from pyvmm.vmm.outcome import FinalStatus, VmOutcome, final_status
+from pyvmm.vmm.vmm import Vmm
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: VmOutcome  # how the VM ended
+    final: FinalStatus  # the exit status decided from it, with a note when the features changed it
+    report: dict | None  # the idle report (what --stats-json writes) when the spec asks for idle control
+
+    @property
+    def status(self) -> int:
+        return self.final.status
+
+
+class VmRun:
+    """One VM's run. The constructor validates the spec and sets everything up (errors raise there, in the caller's
+    thread); `build()` may be called first to build the machine early; `run()` blocks and always closes."""
+
+    def __init__(self, spec: VmSpec) -> None:
+        from pyvmm.idle.feature import IdleFeature
+        from pyvmm.testing.features import CommandInitramfs, ConsoleChecks
+
+        self.spec = spec.validate()
+        self._resources = ExitStack()
+        try:
+            log = self._open_log()
+            self.idle = IdleFeature(spec.idle) if spec.idle.active else None
+            self.checks = ConsoleChecks(spec.testing) if spec.testing.active else None
+            features: list[Feature] = [f for f in (self.idle, self.checks) if f is not None]
+            boot = spec
+            if spec.testing.command:
+                initramfs = CommandInitramfs(spec)
+                features.append(initramfs)
+                self._resources.callback(initramfs.close)  # even if a later feature fails to set up
+                boot = initramfs.boot_spec(spec)
+            self.vmm = Vmm(boot, ConsoleOutput(log=log, echo=spec.console.echo))
+            self._resources.callback(self.vmm.close)
+            for feature in features:
+                self._resources.callback(feature.close)  # closed before the Vmm: they use its machine
+                feature.subscribe(self.vmm)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_log(self) -> BinaryIO | None:
+        path = self.spec.console.log_path
+        if path is None:
+            return None
+        try:
+            log = open(path, "ab")
+        except OSError as err:
+            raise MissingFileError(f"cannot open console log {path}: {err.strerror}") from None
+        self._resources.callback(log.close)
+        return log
+
+    def build(self) -> Machine:
+        return self.vmm.build()
+
+    def run(self) -> RunResult:
+        try:
+            outcome = self.vmm.run()
+            report = self.idle.write_report(outcome) if self.idle is not None else None
+            verdict = self.checks.verdict() if self.checks is not None else None
+            return RunResult(outcome, final_status(outcome, verdict), report)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Idempotent: features first, then the VM and /dev/kvm, then the console log."""
+        self._resources.close()
+
+
+def run_vm(spec: VmSpec) -> RunResult:
+    return VmRun(spec).run()
