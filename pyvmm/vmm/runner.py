@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 from pyvmm.arch.machine import Machine
 from pyvmm.errors import MissingFileError
@@ -39,7 +39,8 @@ class VmRun:
     """One VM's run. The constructor validates the spec and sets everything up (errors raise there, in the caller's
     thread); `build()` may be called first to build the machine early; `run()` blocks and always closes."""
 
-    def __init__(self, spec: VmSpec) -> None:
+    def __init__(self, spec: VmSpec, extra: Sequence[Feature] = ()) -> None:
+        """`extra`: features of the caller's own, subscribed after the spec's and closed like them."""
         from pyvmm.idle.feature import IdleFeature
         from pyvmm.testing.features import CommandInitramfs, ConsoleChecks
 
@@ -49,7 +50,7 @@ class VmRun:
             log = self._open_log()
             self.idle = IdleFeature(spec.idle) if spec.idle.active else None
             self.checks = ConsoleChecks(spec.testing) if spec.testing.active else None
-            features: list[Feature] = [f for f in (self.idle, self.checks) if f is not None]
+            features: list[Feature] = [f for f in (self.idle, self.checks) if f is not None] + list(extra)
             boot = spec
             if spec.testing.command:
                 initramfs = CommandInitramfs(spec)
@@ -93,5 +94,5 @@ class VmRun:
         self._resources.close()
 
 
-def run_vm(spec: VmSpec) -> RunResult:
-    return VmRun(spec).run()
+def run_vm(spec: VmSpec, extra: Sequence[Feature] = ()) -> RunResult:
+    return VmRun(spec, extra).run()

@@ -86,10 +86,14 @@ class Vmm:
                 self.events.finished.emit(outcome)
                 return outcome
         finally:
-            if not self.latch.is_set():  # an error on the way: vCPUs must not outlive their machine
-                self.stop(VmOutcome(ExitStatus.SOFTWARE, "the VMM failed", error=True))
-                for thread in self.threads:
-                    thread.join(5.0)
+            if not self.latch.is_set():  # an error on the way (build, a feature): nothing may outlive the machine
+                failed = VmOutcome(ExitStatus.SOFTWARE, "the VMM failed", error=True)
+                if self.threads:
+                    self.stop(failed)
+                    for thread in self.threads:
+                        thread.join(5.0)
+                else:
+                    self.latch.set(failed)
             self._teardown()
 
     def _run_once(self) -> VmOutcome:

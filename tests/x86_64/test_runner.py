@@ -1,0 +1,94 @@
+"""The runner (pyvmm.vmm.runner) on this host's /dev/kvm with the bundled guests: the lifecycle events in order,
+features closed however the VM ends, and nothing left behind by many VMs in one process."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import pyvmm_guests
+
+from pyvmm.errors import ExitStatus, MissingFileError
+from pyvmm.kvm.vm import Vm
+from pyvmm.spec import ConsoleSpec, VmSpec
+from pyvmm.spec.options import RunOptions, build_spec
+from pyvmm.testing import Machine
+from pyvmm.vmm.outcome import VmOutcome
+from pyvmm.vmm.runner import VmRun, run_vm
+from pyvmm.vmm.vmm import Vmm
+
+QUIET = ConsoleSpec(stdin=False, echo=False)
+
+
+class Recorder:
+    """A feature that records the events it sees, with the thread each came on."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.closed = 0
+
+    def subscribe(self, vmm: Vmm) -> None:
+        vmm.events.before_vcpus.subscribe(lambda vm: self._record("before_vcpus", isinstance(vm, Vm)))
+        vmm.events.started.subscribe(lambda v: self._record("started", v is vmm))
+        vmm.events.stopping.subscribe(lambda outcome: self._record("stopping", isinstance(outcome, VmOutcome)))
+        vmm.events.finished.subscribe(lambda outcome: self._record("finished", vmm.machine is not None))
+
+    def _record(self, name: str, typed: bool) -> None:
+        assert typed, f"{name} got the wrong value"
+        self.events.append((name, threading.current_thread().name))
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_events_come_in_order_each_once_and_stopping_on_the_vcpu_that_stopped():
+    recorder = Recorder()
+    result = run_vm(VmSpec(console=QUIET), extra=[recorder])
+    assert result.status == ExitStatus.OK and result.report is None
+    assert [name for name, _ in recorder.events] == ["before_vcpus", "started", "stopping", "finished"]
+    runner_thread = threading.current_thread().name
+    threads = dict(recorder.events)
+    assert threads["before_vcpus"] == threads["started"] == threads["finished"] == runner_thread
+    assert threads["stopping"] != runner_thread  # the guest's EXIT write stops the VM from its vCPU thread
+    assert recorder.closed == 1
+
+
+def test_features_are_closed_when_the_vm_cannot_be_built():
+    recorder = Recorder()
+    run = VmRun(VmSpec(kernel=Path("/no/such/kernel"), console=QUIET), extra=[recorder])
+    with pytest.raises(MissingFileError):
+        run.run()
+    assert recorder.events == [] and recorder.closed == 1
+    run.close()  # idempotent
+    assert recorder.closed == 1
+
+
+def test_the_idle_report_and_a_timeout_through_the_runner(tmp_path):
+    stats = tmp_path / "stats.json"
+    spec = build_spec(kernel=pyvmm_guests.path("x86_64", "idle"), guest_args=[100000, 2000], stdin=False,
+                      echo=False, options=RunOptions(stats_json=stats, test_timeout=0.3))
+    result = run_vm(spec)
+    assert result.status == ExitStatus.TIMEOUT and result.outcome.error
+    assert result.report is not None and result.report["outcome"]["status"] == ExitStatus.TIMEOUT
+    assert result.report["testdev_data"] and stats.exists()
+
+
+def resources() -> tuple[int, list[str], int]:
+    return len(os.listdir("/proc/self/fd")), sorted(t.name for t in threading.enumerate()), atexit._ncallbacks()
+
+
+def test_many_machines_leave_no_fds_threads_or_atexit_entries(tmp_path):
+    Machine().start().wait(30)  # the first one installs the vCPU kick handler and imports what it needs
+    before = resources()
+    for i in range(30):
+        options = {"test_timeout": 5, "test_expect": "Hello"} if i % 3 == 0 else {}
+        if i % 3 == 1:
+            options = {"halt_poll_ns": "0", "api_socket": str(tmp_path / f"api-{i}.sock")}
+        with Machine(options=options, console_log=tmp_path / "log") as vm:
+            assert vm.wait(30).status == ExitStatus.OK
+        assert vm.status == ExitStatus.OK
+    assert resources() == before, "fds, threads or atexit entries were left behind"
+    assert not list(tmp_path.glob("*.sock"))
