@@ -3,7 +3,7 @@
 Configuration, most specific first: `@pytest.mark.pyvmm(kernel=..., initrd=..., cpus=..., memory=..., append=...,
 command=[...], options={...})` on the test (or module via `pytestmark`), then command-line options
 (--pyvmm-kernel, --pyvmm-initrd, --pyvmm-cpus, --pyvmm-memory, --pyvmm-append, --pyvmm-option NAME=VALUE), then the
-environment (PYVMM_KERNEL, PYVMM_INITRD). `options` are `pyvmm run` area options by parameter name (idle policy:
+environment (PYVMM_KERNEL, PYVMM_INITRD). `options` are `pyvmm run` options by parameter name (pyvmm.spec.options.RunOptions) (idle policy:
 e.g. {"halt_poll_ns": "0", "wfx_trap_threshold": "4"}).
 
 Every test gets its own console log in its own tmp_path (so pytest-xdist workers never share a file); when the test
@@ -14,12 +14,17 @@ in the fixture's teardown, whatever the test did.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
+if TYPE_CHECKING:
+    from pyvmm.spec import VmSpec
+    from pyvmm.testing.machine import Machine
+
 CONSOLE_SECTION = "pyvmm console"
-_MACHINE_KEY = pytest.StashKey[Any]()
+_MACHINE_KEY = pytest.StashKey["Machine"]()
 _SECTION_CHARS = 20000  # the end of the console is what explains a failure; keep reports readable
 
 
@@ -35,7 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--pyvmm-append", action="append", default=[],
                     help="Extra kernel command-line arguments (repeatable; added after the marker's).")
     group.addoption("--pyvmm-option", action="append", default=[], metavar="NAME=VALUE",
-                    help="A `pyvmm run` area option by parameter name, e.g. halt_poll_ns=0 (repeatable).")
+                    help="A `pyvmm run` option by parameter name, e.g. halt_poll_ns=0 (repeatable).")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,7 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
                    "guest_args=None): how pyvmm_machine boots the VM for this test")
 
 
-def _machine_spec(request: pytest.FixtureRequest, log_path: Any) -> Any:
+def _machine_spec(request: pytest.FixtureRequest, log_path: Path) -> "VmSpec":
     from pyvmm.testing.machine import machine_spec
 
     opts = request.config.option
@@ -71,7 +76,7 @@ def _machine_spec(request: pytest.FixtureRequest, log_path: Any) -> Any:
 
 
 @pytest.fixture
-def pyvmm_machine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
+def pyvmm_machine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator["Machine"]:
     """A started pyvmm Machine (pyvmm.testing.Machine); stopped, joined and closed after the test."""
     from pyvmm.testing.machine import Machine
 
