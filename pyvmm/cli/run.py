@@ -9,7 +9,8 @@ import click
 
 from pyvmm.cli.run_options import run_options
 from pyvmm.spec import parse_size
-from pyvmm.spec.options import RunOptions, build_spec
+from pyvmm.spec.core import IRQCHIPS
+from pyvmm.spec.options import RunOptions, build_spec, network_mode
 
 
 class SizeParam(click.ParamType):
@@ -28,20 +29,25 @@ class SizeParam(click.ParamType):
 
 @click.command()
 @click.option("-k", "--kernel", type=click.Path(path_type=Path, dir_okay=False),
-              help="Guest to boot: an arm64 Linux Image (or Image.gz), or a flat bare-metal payload (x86_64: real "
-                   "mode at 0x1000:0000). Default: the bundled `hello` guest for this host's architecture.")
+              help="Guest to boot: an arm64 Linux Image (or Image.gz), or a flat bare-metal payload (arm64: a raw "
+                   "binary such as a kvm-unit-tests .flat, at RAM + 0x80000; x86_64: real mode at 0x1000:0000). "
+                   "Default: the bundled `hello` guest for this host's architecture.")
 @click.option("-i", "--initrd", type=click.Path(path_type=Path, dir_okay=False),
-              help="Initial ramdisk for a Linux kernel (arm64).")
+              help="Initial ramdisk for a Linux kernel, or a raw binary's data (arm64), e.g. kvm-unit-tests' environ.")
 @click.option("-p", "--cmdline", "--params", "cmdline", default="", show_default=True,
-              help="Kernel command line (Linux guests). pyvmm adds the console settings it needs.")
-@click.option("-m", "--memory", type=SizeParam(), default="256M", show_default=True,
+              help="Kernel command line. pyvmm adds the console settings a Linux guest needs, except for a raw "
+                   "binary and with --nodefaults, which get exactly this text.")
+@click.option("-m", "--memory", "--mem", "memory", type=SizeParam(), default="256M", show_default=True,
               help="Guest RAM: a number in MiB, or with a K/M/G suffix (e.g. 512M, 2G).")
 @click.option("-c", "--cpus", type=int, default=1, show_default=True, help="Number of vCPUs (1 to KVM's maximum).")
 @click.option("--guest-arg", "guest_args", type=click.IntRange(0, 2**32 - 1), multiple=True,
               help="A 32-bit argument for a bare-metal guest, read in order from the test device's ARG register "
                    "(repeatable; see docs/MACHINES.md). Example: --guest-arg 1000 for 1000 exits.")
-@click.option("--irqchip", type=click.Choice(["auto", "gicv3", "gicv2"]), default="auto", show_default=True,
-              help="arm64 interrupt controller: the in-kernel vGICv3, vGICv2, or v3 when the host has it else v2.")
+@click.option("--irqchip", type=click.Choice(IRQCHIPS), default="auto", show_default=True,
+              help="arm64 interrupt controller: the in-kernel vGICv3, vGICv2, or v3 when the host has it else v2. "
+                   "kvmtool's --irqchip=NAME spelling works too.")
+@click.option("--nodefaults", is_flag=True,
+              help="Use the -p command line exactly as given: no console settings added (kvmtool's option).")
 @click.option("--on-reboot", type=click.Choice(["exit", "restart"]), default="exit", show_default=True,
               help="When the guest reboots: end pyvmm with status 80, or restart the VM.")
 @click.option("--dump-dtb", type=click.Path(path_type=Path, dir_okay=False),
@@ -50,25 +56,32 @@ class SizeParam(click.ParamType):
               help="Also append everything the guest prints on its console to this file.")
 @click.option("--no-stdin", is_flag=True, help="Do not forward stdin to the guest console.")
 @click.option("--debug", is_flag=True, help="Log what pyvmm does and show tracebacks for errors.")
+@click.option("--loglevel", type=click.Choice(["error", "warning", "info", "debug"]), default="warning",
+              show_default=True, help="How much pyvmm logs on stderr (kvmtool's option); debug as --debug's log.")
+@click.option("--network", metavar="mode=none",
+              help="kvmtool's spelling for no network device (pyvmm's default); use --net for one.")
 @run_options
 def run(kernel: Path | None, initrd: Path | None, cmdline: str, memory: int, cpus: int, guest_args: tuple[int, ...],
-        irqchip: str, on_reboot: str, dump_dtb: Path | None, console_log: Path | None, no_stdin: bool, debug: bool,
-        **options: object) -> int:
+        irqchip: str, nodefaults: bool, on_reboot: str, dump_dtb: Path | None, console_log: Path | None,
+        no_stdin: bool, debug: bool, loglevel: str, network: str | None, **options: object) -> int:
     """Boot a VM and run it until the guest powers off, exits or is stopped.
 
     Exit status: the guest's own status (test device EXIT, or 0 on power-off); 80 when the guest reboots with
     --on-reboot=exit; 130/143 when stopped by SIGINT/SIGTERM; 64-77 for pyvmm's own errors (sysexits.h).
     Ctrl-a x quits when stdin is a terminal.
     """
-    if debug:
+    network_mode(network)
+    if debug or loglevel in ("info", "debug"):
         import logging
 
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="pyvmm: %(name)s: %(message)s")
+        logging.basicConfig(level=logging.DEBUG if debug else getattr(logging, loglevel.upper()), stream=sys.stderr,
+                            format="pyvmm: %(name)s: %(message)s")
     from pyvmm.vmm.runner import run_vm
 
     spec = build_spec(kernel=kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=cpus, guest_args=guest_args,
-                      irqchip=irqchip, on_reboot=on_reboot, dump_dtb=dump_dtb, console_log=console_log,
-                      stdin=not no_stdin, debug=debug, options=RunOptions.from_mapping(options))
+                      irqchip=irqchip, nodefaults=nodefaults, on_reboot=on_reboot, dump_dtb=dump_dtb,
+                      console_log=console_log, stdin=not no_stdin, debug=debug,
+                      options=RunOptions.from_mapping(options))
     result = run_vm(spec)
     outcome, final = result.outcome, result.final
     if final.note is not None:

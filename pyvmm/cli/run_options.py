@@ -49,7 +49,7 @@ IDLE_OPTIONS: list[Callable] = [
                       "and the guest's test-device DATA values to FILE as JSON."),]
 
 DEVICE_OPTIONS: list[Callable] = [
-    click.option("--disk", "disks", multiple=True, metavar="PATH[,ro][,serial=ID][,cache=MODE]",
+    click.option("-d", "--disk", "disks", multiple=True, metavar="PATH[,ro][,serial=ID][,cache=MODE]",
                  help="A virtio-blk disk on a raw image file (repeatable: vda, vdb, ... in order). ro: read-only "
                       "(guest writes fail, the file is never modified); serial: the ID the guest reads (20 bytes at "
                       "most); cache: writeback (default; the guest's flush fsyncs), writethrough (O_DSYNC) or unsafe "

@@ -21,6 +21,8 @@ GIB = 1 << 30
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _SIZE_UNITS = {"": MIB, "k": 1 << 10, "m": MIB, "g": GIB, "t": 1 << 40}
 
+# arm64 interrupt controllers: auto = v3 when the host has it, else v2.
+IRQCHIPS = ("auto", "gicv3", "gicv2")
 # Below this a guest cannot hold even the bundled payloads plus page tables/DTB.
 MIN_MEMORY = 16 * MIB
 # One vCPU thread each: far above what a Python VMM should be asked for, and KVM's own limit is checked too.
@@ -98,6 +100,7 @@ class VmSpec:
     arch: str = ""  # "": the host's architecture (filled by validate)
     guest_args: list[int] = field(default_factory=list)
     irqchip: str = "auto"  # arm64: gicv3 | gicv2 | auto
+    nodefaults: bool = False  # the kernel command line exactly as given: no console settings added
     on_reboot: str = "exit"  # exit | restart
     dtb_dump: Path | None = None
     debug: bool = False
@@ -140,8 +143,8 @@ class VmSpec:
             )
         if self.on_reboot not in ("exit", "restart"):
             raise UsageError(f"--on-reboot must be exit or restart (got {self.on_reboot!r})")
-        if self.irqchip not in ("auto", "gicv3", "gicv2"):
-            raise UsageError(f"--irqchip must be auto, gicv3 or gicv2 (got {self.irqchip!r})")
+        if self.irqchip not in IRQCHIPS:
+            raise UsageError(f"--irqchip must be {', '.join(IRQCHIPS[:-1])} or {IRQCHIPS[-1]} (got {self.irqchip!r})")
         for value in self.guest_args:
             if not 0 <= value < 1 << 32:
                 raise UsageError(f"--guest-arg {value} does not fit in 32 bits")

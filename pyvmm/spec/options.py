@@ -127,21 +127,31 @@ def testing_spec(options: RunOptions) -> TestingSpec:
         adds=list(options.test_adds or ()), busybox=_path(options.test_busybox))
 
 
+def network_mode(value: str | None) -> None:
+    """kvmtool's `--network mode=none` (no network device, which is pyvmm's default); any other kvmtool network is
+    refused with the pyvmm spelling to use instead."""
+    if value is None or value.replace(" ", "") in ("mode=none", "none"):
+        return
+    raise UsageError(f"--network {value}: pyvmm accepts kvmtool's --network mode=none only; for a network device "
+                     f"use --net tap=NAME[,mac=...]")
+
+
 def build_spec(*, kernel: PathLike | None = None, initrd: PathLike | None = None, cmdline: str = "",
                memory: int | str = "256M", cpus: int = 1, guest_args: Iterable[int] = (), irqchip: str = "auto",
                on_reboot: str = "exit", dump_dtb: PathLike | None = None, console_log: PathLike | None = None,
                stdin: bool = True, echo: bool = True, debug: bool = False,
-               options: RunOptions | None = None) -> VmSpec:
+               nodefaults: bool = False, options: RunOptions | None = None) -> VmSpec:
     """The one way a front end makes a VmSpec from option values. Each part is checked as it is parsed; the whole
     spec is validated once, by the runner."""
     options = options or RunOptions()
     devices = device_specs(options)
-    if options.console_kind == "virtio" and "console=" not in cmdline:
+    if options.console_kind == "virtio" and "console=" not in cmdline and not nodefaults:
         cmdline = f"{cmdline} console=hvc0 earlycon".strip()
     return VmSpec(
         kernel=_path(kernel), initrd=_path(initrd), cmdline=cmdline,
         memory=memory if isinstance(memory, int) else parse_size(memory), cpus=int(cpus),
-        guest_args=[int(a) for a in guest_args], irqchip=irqchip, on_reboot=on_reboot, dtb_dump=_path(dump_dtb),
+        guest_args=[int(a) for a in guest_args], irqchip=irqchip, nodefaults=nodefaults,
+        on_reboot=on_reboot, dtb_dump=_path(dump_dtb),
         debug=debug, console=ConsoleSpec(stdin=stdin, echo=echo, log_path=_path(console_log)), devices=devices,
         idle=idle_spec(options), testing=testing_spec(options),
     )

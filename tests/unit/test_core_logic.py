@@ -165,3 +165,12 @@ def test_arm64_placement_refuses_what_does_not_fit():
         arm_boot.place(image, None, 0x4000_0000, 16 << 20)
     with pytest.raises(ImageError, match="initrd"):
         arm_boot.place(image, 100 << 20, 0x4000_0000, 128 << 20)
+
+
+def test_arm64_bootargs_add_a_console_only_for_linux_without_nodefaults():
+    from pyvmm.arch.arm64.machine import guest_bootargs
+
+    assert guest_bootargs("root=/dev/vda", exact=False) == "root=/dev/vda console=ttyS0 earlycon"
+    assert guest_bootargs("console=hvc0", exact=False) == "console=hvc0"
+    assert guest_bootargs("setup smp=2 mem=256", exact=True) == "setup smp=2 mem=256"
+    assert guest_bootargs("", exact=True) == ""

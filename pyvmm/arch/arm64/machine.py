@@ -15,9 +15,11 @@ ARCH = "arm64"
 UART_PATH = f"/serial@{layout.UART:x}"
 
 
-def default_bootargs(user: str) -> str:
-    """The user's command line, plus the console pyvmm provides unless the user chose one (Linux Images only: a raw
-    binary's command line is its argv, e.g. kvm-unit-tests', where an extra word changes what runs)."""
+def guest_bootargs(user: str, exact: bool) -> str:
+    """The user's command line, plus the console pyvmm provides unless the user chose one. `exact` (a raw binary, or
+    --nodefaults): the user's text alone, since a bare-metal test such as kvm-unit-tests reads it as its argv."""
+    if exact:
+        return user
     extra = [] if "console=" in user else ["console=ttyS0", "earlycon"]
     return " ".join(part for part in [user.strip(), *extra] if part)
 
@@ -70,7 +72,8 @@ def build(ctx: MachineContext) -> Machine:
             initrd_range = (placement.initrd, placement.initrd + len(initrd_data))
         dtb = devicetree.build(
             mpidrs=[vcpu_setup.mpidr(v) for v in vcpus], memory_base=layout.RAM, memory_size=spec.memory,
-            gic=interrupt_controller, bootargs=spec.cmdline if kernel.raw else default_bootargs(spec.cmdline), initrd=initrd_range,
+            gic=interrupt_controller, bootargs=guest_bootargs(spec.cmdline, exact=kernel.raw or spec.nodefaults),
+            initrd=initrd_range,
             devices=virtio_nodes,
         )
         if len(dtb) > layout.DTB_MAX_SIZE:
