@@ -40,7 +40,10 @@ def collect(device: str) -> dict:
     from pyvmm.kvm.system import default_device
 
     device = device or default_device()
-    report: dict = {"architecture": arch, "kernel": os.uname().release, "device": device}
+    from pyvmm.idle.hostcontext import read_host_context
+
+    report: dict = {"architecture": arch, "kernel": os.uname().release, "device": device,
+                    "host_context": read_host_context().as_dict()}
     with Kvm.open(device) as kvm:
         report["api_version"] = kvm.api_version()
         report["max_vcpus"] = kvm.max_vcpus()
@@ -99,6 +102,11 @@ def render(report: dict) -> str:
         lines.append(f"{name:32} {info['number']:>6} {value!s:>6}  {info['use']}")
     lines.append("")
     lines += render_idle(report["idle"])
+    ctx = report["host_context"]
+    lines += ["", "host scheduler (what a WFx threshold and its figures depend on)",
+              f"  preemption        {ctx['preemption']['description']}",
+              f"  CPUs              online {ctx['cpus']['online']}, {ctx['cpus']['description']}",
+              f"  idle states       {ctx['cpuidle']}"]
     return "\n".join(lines)
 
 
@@ -107,7 +115,8 @@ def render(report: dict) -> str:
 @click.option("--device", default=None, help="The KVM device node to probe (default: $PYVMM_KVM_DEVICE or /dev/kvm).")
 def probe(as_json: bool, device: str) -> int:
     """Report what this host's KVM offers: architecture, API version, vCPU limits, the capabilities pyvmm uses, and
-    every idle/exit control (WFI/WFE trapping, halt polling, HLT/PAUSE passthrough) with where its setting comes from.
+    every idle/exit control (WFI/WFE trapping, halt polling, HLT/PAUSE passthrough) with where its setting comes from,
+    and the host scheduler's context: preemption model and mode, whether CPUs differ, whether idle states are exposed.
 
     Probing the out-of-tree WFx capabilities creates a throwaway VM and tries a harmless KVM_ENABLE_CAP, because
     KVM_CHECK_EXTENSION alone cannot tell them from upstream capabilities with the same numbers.

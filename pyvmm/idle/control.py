@@ -7,14 +7,17 @@ so two control-socket clients cannot interleave KVM_ENABLE_CAP calls.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from pyvmm.errors import KvmUnavailableError
 from pyvmm.idle.apply import (AppliedPolicy, IdleChange, IdlePolicyError, apply_affinity, apply_before_vcpus,
                               apply_live)
 from pyvmm.idle.caps import CapTable, cap_table
 from pyvmm.idle.host import HostInfo, probe_host
+from pyvmm.idle.hostcontext import unpinned_threshold_warning
 from pyvmm.idle.policy import IdlePolicy, check_affinity
 from pyvmm.kvm.vm import Vm
 from pyvmm.vmm.outcome import StopLatch, VmOutcome
@@ -47,6 +50,10 @@ def applied_to_dict(applied: AppliedPolicy | None, affinity: Mapping[int, set[in
     }
 
 
+def warn_on_stderr(message: str) -> None:
+    print(f"pyvmm: {message}", file=sys.stderr, flush=True)
+
+
 def render_policy(d: dict) -> list[str]:
     """Human-readable lines for a policy dict (applied_to_dict)."""
     lines = []
@@ -67,8 +74,12 @@ def render_policy(d: dict) -> list[str]:
 class IdleController:
     """Applies `policy` to one Vmm and keeps what is in force."""
 
-    def __init__(self, policy: IdlePolicy, *, caps: CapTable | None = None, host: HostInfo | None = None) -> None:
+    def __init__(self, policy: IdlePolicy, *, caps: CapTable | None = None, host: HostInfo | None = None,
+                 warn: Callable[[str], None] = warn_on_stderr) -> None:
+        """`warn`: told once per run when the policy in force is unlikely to do what was meant."""
         self.policy = policy
+        self.warn = warn
+        self.warnings: list[str] = []
         self.caps = caps or cap_table()
         self._host = host
         self.applied: AppliedPolicy | None = None
@@ -118,11 +129,27 @@ class IdleController:
                     self.affinity = apply_affinity(machine.vcpus, self.policy)
             except (IdlePolicyError, OSError) as err:
                 vmm.stop(VmOutcome(KvmUnavailableError.exit_status, f"cannot pin vCPUs: {err}", error=True))
+        self._check_pinning(machine.vcpus)
         self.sampler = VcpuStatsSampler(machine.vcpus)
         self.first_sample = self.sampler.sample(runqueue=False)
         self._times = {}
         self._watcher = threading.Thread(target=self._watch_times, args=(vmm.latch,), name="idle-times", daemon=True)
         self._watcher.start()
+
+    def _check_pinning(self, vcpus: list) -> None:
+        """Objection (e) of the WFx review: a threshold on vCPUs the scheduler may move acts on whatever CPU they land
+        on. The affinity is read back from the kernel, so pinning done outside pyvmm (taskset, cgroups) counts."""
+        threshold = self.applied.wfx_trap_threshold if self.applied is not None else None
+        affinity = {}
+        for v in vcpus:
+            try:
+                affinity[v.index] = os.sched_getaffinity(v.thread_id) if v.thread_id is not None else set()
+            except OSError:
+                affinity[v.index] = set()
+        warning = unpinned_threshold_warning(threshold, len(vcpus), affinity)
+        if warning is not None and warning not in self.warnings:
+            self.warnings.append(warning)
+            self.warn(warning)
 
     def _record_thread_times(self) -> None:
         with self.lock:  # finished() closes the sampler's fds under the same lock
@@ -166,7 +193,10 @@ class IdleController:
     # -- live control (control socket) -----------------------------------------------------------------------
     def policy_dict(self) -> dict:
         with self.lock:
-            return applied_to_dict(self.applied, self.affinity)
+            d = applied_to_dict(self.applied, self.affinity)
+            if d:
+                d["warnings"] = list(self.warnings)
+            return d
 
     def change(self, change: IdleChange) -> dict:
         """Apply a live change; IdlePolicyError (VM unchanged) when the kernel or the rules refuse."""

@@ -40,9 +40,8 @@ def _why_not_exposed(root: Path | str) -> str:
             return "not exposed: kernel without CONFIG_CPU_IDLE (no /sys/devices/system/cpu/cpuidle)"
         return "not exposed: /sys/devices/system/cpu/cpuidle/current_driver not readable"
     if driver.strip() in ("", "none"):
-        return ("not exposed: no cpuidle driver bound (current_driver: none; the firmware describes no idle "
-                "states, as under QEMU's virt machine)")
-    return f"not exposed: driver {driver.strip()} but no per-CPU states"
+        return "not exposed: no cpuidle driver bound (current_driver: none; the firmware describes no idle states)"
+    return f"not exposed: cpuidle driver {driver.strip()} registers no idle states for this CPU"
 
 
 def snapshot(cpus: Iterable[int], root: Path | str = "/") -> IdleSnapshot:
@@ -61,7 +60,8 @@ def snapshot(cpus: Iterable[int], root: Path | str = "/") -> IdleSnapshot:
             except ValueError:
                 continue
         if not found:
-            return IdleSnapshot(None, _why_not_exposed(root) + f" (checked cpu{cpu})")
+            return IdleSnapshot(None, _why_not_exposed(root) if not base.is_dir() else
+                                f"not exposed: no readable idle states in /{CPU_DIR}/cpu{cpu}/cpuidle")
         states[cpu] = found
     driver = (read_text(root, f"{CPU_DIR}/cpuidle/current_driver") or "unknown").strip()
     return IdleSnapshot(states, f"cpuidle driver {driver}")

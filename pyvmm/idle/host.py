@@ -2,8 +2,8 @@
 
 Why each item: the kvm-arm.* boot parameters override per-VM thresholds (decision order in
 arm64-host/README.md); kvm module halt-poll parameters are the host-wide halt-poll default;
-the preemption model was the reviewers' suggested alternative to a per-VM threshold and
-changes how often a vCPU is descheduled; the CPU count bounds what pinning can do.
+the CPU count bounds what pinning can do. The scheduler's side (preemption model, CPU
+heterogeneity, idle states) is pyvmm.idle.hostcontext.
 """
 
 from __future__ import annotations
@@ -53,89 +53,12 @@ def parse_cmdline(text: str) -> dict[str, str]:
     return out
 
 
-def parse_preempt_debugfs(text: str) -> str | None:
-    """/sys/kernel/debug/sched/preempt: "none voluntary (full) lazy" -> "full"."""
-    m = re.search(r"\((\w+)\)", text)
-    return m.group(1) if m else None
-
-
-def parse_preempt_uname(version: str) -> str | None:
-    """uname -v tokens: PREEMPT_RT, PREEMPT_DYNAMIC (mode chosen at boot), PREEMPT (full)."""
-    tokens = version.split()
-    if "PREEMPT_RT" in tokens:
-        return "rt"
-    if "PREEMPT_DYNAMIC" in tokens:
-        return "dynamic"
-    if "PREEMPT" in tokens:
-        return "full"
-    return None
-
-
-def parse_preempt_config(text: str) -> str | None:
-    """Kernel .config: the CONFIG_PREEMPT* choice."""
-    cfg = {m.group(1): m.group(2) for m in re.finditer(r"^(CONFIG_PREEMPT\w*)=(\S+)", text, re.M)}
-    if cfg.get("CONFIG_PREEMPT_RT") == "y":
-        return "rt"
-    if cfg.get("CONFIG_PREEMPT_DYNAMIC") == "y":
-        return "dynamic"
-    for key, model in (("CONFIG_PREEMPT", "full"), ("CONFIG_PREEMPT_VOLUNTARY", "voluntary"),
-                       ("CONFIG_PREEMPT_NONE", "none")):
-        if cfg.get(key) == "y":
-            return model
-    return None
-
-
 def _read(path: str) -> str | None:
     try:
         with open(path) as f:
             return f.read()
     except OSError:
         return None
-
-
-def _read_gz(path: str) -> str | None:
-    import gzip
-    try:
-        with gzip.open(path, "rt") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-@dataclass(frozen=True)
-class PreemptModel:
-    """The host's preemption model and where that was learnt."""
-
-    # none, voluntary, full, lazy, rt, dynamic (boot-selectable, mode unknown), none-or-voluntary
-    model: str | None
-    source: str  # file or mechanism it came from, or why it is unknown
-
-
-def probe_preempt(release: str, uname_version: str, cmdline: Mapping[str, str]) -> PreemptModel:
-    """debugfs (exact current mode) > uname -v > /boot/config-RELEASE, in that order."""
-    text = _read("/sys/kernel/debug/sched/preempt")
-    if text and (m := parse_preempt_debugfs(text)):
-        return PreemptModel(m, "/sys/kernel/debug/sched/preempt")
-    model = parse_preempt_uname(uname_version)
-    src = "uname -v"
-    if model is None:
-        cfg, src = _read(f"/boot/config-{release}"), f"/boot/config-{release}"
-        if cfg is None:
-            cfg, src = _read_gz("/proc/config.gz"), "/proc/config.gz"
-        if cfg is not None:
-            model = parse_preempt_config(cfg)
-        else:
-            # uname -v names PREEMPT, PREEMPT_RT and PREEMPT_DYNAMIC builds; no token means one
-            # of the two non-preemptible models, which only the config can tell apart.
-            return PreemptModel("none-or-voluntary", "uname -v has no PREEMPT token; no readable "
-                                                      "debugfs sched/preempt or kernel config")
-    if model == "dynamic" and "preempt" in cmdline:
-        # PREEMPT_DYNAMIC: the boot parameter picks the mode (debugfs was not readable).
-        return PreemptModel(cmdline["preempt"], f"{src} PREEMPT_DYNAMIC + preempt= on /proc/cmdline")
-    if model is None:
-        return PreemptModel(None, "unknown: no readable debugfs sched/preempt, PREEMPT token in "
-                                  "uname -v, or /boot/config")
-    return PreemptModel(model, src)
 
 
 @dataclass(frozen=True)
@@ -146,7 +69,6 @@ class HostInfo:
     kernel_release: str
     cmdline: Mapping[str, str]  # all kernel parameters
     kvm_module_params: Mapping[str, int | None]  # None: not readable (e.g. kvm not loaded)
-    preempt: PreemptModel
     cpu_count: int
 
     @property
@@ -200,7 +122,6 @@ def probe_host() -> HostInfo:
         kernel_release=u.release,
         cmdline=cmdline,
         kvm_module_params=params,
-        preempt=probe_preempt(u.release, u.version, cmdline),
         cpu_count=os.cpu_count() or 1,
     )
 

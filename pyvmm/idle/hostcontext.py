@@ -40,8 +40,9 @@ def unpinned_threshold_warning(threshold: int | None, vcpus: int, affinity: Mapp
 
     The threshold is compared with the number of tasks on the CPU the vCPU happens to be loaded on; an
     unpinned vCPU migrates, so which tasks it is counted with, and whether its WFIs trap, changes with it.
+    Threshold 0 traps always (the vCPU itself counts), whatever the runqueue: no warning.
     """
-    if threshold is None:
+    if not threshold:
         return None
     loose = [i for i in range(vcpus) if len(affinity.get(i, ())) != 1]
     if not loose:

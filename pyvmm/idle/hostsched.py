@@ -8,7 +8,7 @@ and the preemption model was the reviewers' suggested alternative.
 
 Sources, and which is exact:
 - runqueue depth, sampled: `.nr_running` of each `cpu#N` section of the scheduler debug file
-  (/sys/kernel/debug/sched/debug; CONFIG_SCHED_DEBUG, debugfs mounted, root). Exact at each sample (the
+  (/sys/kernel/debug/sched/debug since 5.13, /proc/sched_debug before; CONFIG_SCHED_DEBUG, debugfs mounted, root). Exact at each sample (the
   value KVM compares with the threshold at vcpu_load), but only a sample: ticks between two reads are not
   seen. Reported as mean and max over the samples.
 - runqueue depth, time average: from /proc/schedstat (CONFIG_SCHEDSTATS), (delta rq_cpu_time + delta
@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from pyvmm.idle.host import parse_cmdline, parse_preempt_config, parse_preempt_debugfs
+from pyvmm.idle.host import parse_cmdline
 from pyvmm.idle.hostcpus import read_text
-from pyvmm.idle.threads import parse_sched_debug
 
-SCHED_DEBUG = "sys/kernel/debug/sched/debug"
+SCHED_DEBUG_PATHS = ("sys/kernel/debug/sched/debug", "proc/sched_debug")
 PREEMPT_DEBUGFS = "sys/kernel/debug/sched/preempt"
 PROC_SCHEDSTAT = "proc/schedstat"
 
@@ -69,6 +68,26 @@ class Preemption:
         return {"build": self.build, "mode": self.mode, "source": self.source, "description": self.describe()}
 
 
+def parse_preempt_debugfs(text: str) -> str | None:
+    """/sys/kernel/debug/sched/preempt: "none voluntary (full) lazy" -> "full"."""
+    m = re.search(r"\((\w+)\)", text)
+    return m.group(1) if m else None
+
+
+def parse_preempt_config(text: str) -> str | None:
+    """Kernel .config: the CONFIG_PREEMPT* choice (dynamic and rt before the plain choice they build on)."""
+    cfg = {m.group(1): m.group(2) for m in re.finditer(r"^(CONFIG_PREEMPT\w*)=(\S+)", text, re.M)}
+    if cfg.get("CONFIG_PREEMPT_RT") == "y":
+        return "rt"
+    if cfg.get("CONFIG_PREEMPT_DYNAMIC") == "y":
+        return "dynamic"
+    for key, model in (("CONFIG_PREEMPT", "full"), ("CONFIG_PREEMPT_VOLUNTARY", "voluntary"),
+                       ("CONFIG_PREEMPT_NONE", "none")):
+        if cfg.get(key) == "y":
+            return model
+    return None
+
+
 def parse_version_tokens(version: str) -> str | None:
     """Build model from uname -v ("#1 SMP PREEMPT_DYNAMIC Debian ..."); None: no PREEMPT token."""
     tokens = version.split()
@@ -85,7 +104,7 @@ def read_preemption(root: Path | str = "/") -> Preemption:
     if text and (mode := parse_preempt_debugfs(text)):
         return Preemption("dynamic", mode, f"/{PREEMPT_DEBUGFS}")
     release = (read_text(root, "proc/sys/kernel/osrelease") or "").strip()
-    config = read_text(root, f"boot/config-{release}") if release else None
+    config, config_src = _read_config(root, release)
     cmdline = parse_cmdline(read_text(root, "proc/cmdline") or "")
     build = parse_version_tokens(read_text(root, "proc/sys/kernel/version") or "")
     if build == "dynamic":
@@ -94,17 +113,31 @@ def read_preemption(root: Path | str = "/") -> Preemption:
         # Without preempt=, the mode is the config's PREEMPT choice (its default for dynamic kernels).
         default = _config_choice(config)
         if default is not None:
-            return Preemption(build, default, f"uname -v PREEMPT_DYNAMIC, default from /boot/config-{release} "
-                                              f"(debugfs sched/preempt not readable: it would show a change)")
+            return Preemption(build, default, f"uname -v PREEMPT_DYNAMIC; mode: the default of {config_src}, "
+                                              f"as debugfs sched/preempt (which shows changes) is not readable")
         return Preemption(build, None, "uname -v PREEMPT_DYNAMIC; mode unknown: debugfs sched/preempt not "
                                        "readable (mount debugfs, run as root)")
     if build is not None:
         return Preemption(build, build, "uname -v")
     model = _config_choice(config)
     if model is not None:
-        return Preemption(model, model, f"/boot/config-{release}")
+        return Preemption(model, model, config_src)
     # uname -v names every preemptible build; no token means one of the two non-preemptible ones.
     return Preemption("none-or-voluntary", None, "uname -v has no PREEMPT token and no kernel config is readable")
+
+
+def _read_config(root: Path | str, release: str) -> tuple[str | None, str]:
+    """The running kernel's .config: /boot/config-RELEASE, else /proc/config.gz (CONFIG_IKCONFIG_PROC)."""
+    import gzip
+
+    text = read_text(root, f"boot/config-{release}") if release else None
+    if text is not None:
+        return text, f"/boot/config-{release}"
+    try:
+        with gzip.open(Path(root) / "proc/config.gz", "rt") as f:
+            return f.read(), "/proc/config.gz"
+    except (OSError, EOFError):
+        return None, "no kernel config"
 
 
 def _config_choice(config: str | None) -> str | None:
@@ -144,6 +177,55 @@ class Pelt:
     util_avg: int
     load_avg: int
     runnable_avg: int | None  # since Linux 5.7
+
+
+def parse_sched_debug(text: str) -> dict[int, int]:
+    """{cpu: nr_running} from the scheduler debug file ("cpu#N" sections, ".nr_running : X").
+
+    Only the first .nr_running after each cpu#N header is the runqueue's (cfs_rq sections repeat the key).
+    """
+    out: dict[int, int] = {}
+    cpu: int | None = None
+    for line in text.splitlines():
+        m = re.match(r"cpu#(\d+)", line)
+        if m:
+            cpu = int(m.group(1))
+            continue
+        m = re.match(r"\s*\.nr_running\s*:\s*(\d+)", line)
+        if m and cpu is not None and cpu not in out:
+            out[cpu] = int(m.group(1))
+    return out
+
+
+def sched_debug_path(root: Path | str = "/") -> str | None:
+    """The scheduler debug file readable here (relative to root), or None."""
+    return next((p for p in SCHED_DEBUG_PATHS if read_text(root, p) is not None), None)
+
+
+@dataclass(frozen=True)
+class RunqueueSample:
+    """nr_running of one CPU now, or why it is not known."""
+
+    cpu: int
+    nr_running: int | None
+    source: str  # the file it came from, or the reason it is unavailable
+    run_delay_ns: int | None = None  # /proc/schedstat: total time tasks waited on this runqueue
+
+
+def runqueue_depths(cpus: Iterable[int], root: Path | str = "/") -> list[RunqueueSample]:
+    """nr_running of each CPU in `cpus` now, from the scheduler debug file when readable, with the CPU's
+    /proc/schedstat wait total when readable. What cannot be read says so, with nr_running None."""
+    wanted = list(cpus)
+    text = read_text(root, PROC_SCHEDSTAT)
+    delays = {c: s.waiting_ns for c, s in parse_cpu_schedstat(text).items()} if text is not None else {}
+    path = sched_debug_path(root)
+    if path is None:
+        why = ("unavailable: neither " + " nor ".join(f"/{p}" for p in SCHED_DEBUG_PATHS) +
+               " is readable (mount debugfs and run as root, kernel needs CONFIG_SCHED_DEBUG)")
+        return [RunqueueSample(c, None, why, delays.get(c)) for c in wanted]
+    depths = parse_sched_debug(read_text(root, path) or "")
+    return [RunqueueSample(c, depths.get(c), f"/{path}" if c in depths else f"cpu {c} not in /{path}", delays.get(c))
+            for c in wanted]
 
 
 def parse_task_sched(text: str) -> Pelt | None:
@@ -246,7 +328,7 @@ class SchedSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._series = _Series()
-        self._debug_readable = read_text(root, SCHED_DEBUG) is not None
+        self._debug_path = sched_debug_path(root)
         self._start: tuple[float, dict[int, CpuSchedstat] | None] | None = None
         self.observation: SchedObservation | None = None
 
@@ -261,8 +343,8 @@ class SchedSampler:
         return parse_cpu_schedstat(text) if text is not None else None
 
     def _sample(self) -> None:
-        if self._debug_readable:
-            text = read_text(self.root, SCHED_DEBUG)
+        if self._debug_path is not None:
+            text = read_text(self.root, self._debug_path)
             if text is not None:
                 depths = parse_sched_debug(text)
                 for cpu in self.cpus:
@@ -307,9 +389,9 @@ class SchedSampler:
             d = self._series.depths.get(cpu, [])
             sources = []
             if d:
-                sources.append(f"nr_running sampled from /{SCHED_DEBUG}")
+                sources.append(f"nr_running sampled from /{self._debug_path}")
             else:
-                sources.append(f"/{SCHED_DEBUG} not readable (needs CONFIG_SCHED_DEBUG, debugfs mounted, root)")
+                sources.append("no scheduler debug file readable (needs CONFIG_SCHED_DEBUG, debugfs mounted, root)")
             tm = None
             if before is not None and after is not None and cpu in before and cpu in after and elapsed > 0:
                 a, b = before[cpu], after[cpu]
@@ -330,4 +412,4 @@ class SchedSampler:
         runnable = [float(p.runnable_avg) for p in s if p.runnable_avg is not None]
         return PeltObservation(tid, len(s), _mean([float(p.util_avg) for p in s]), max(p.util_avg for p in s),
                                _mean([float(p.load_avg) for p in s]), _mean(runnable),
-                               f"sampled from /proc/{self.pid}/task/{tid}/sched")
+                               "PELT sampled from /proc/PID/task/TID/sched")

@@ -11,7 +11,8 @@ import time
 from typing import Any, Iterable
 
 from pyvmm.kvm.stats import StatsReader, StatType
-from pyvmm.idle.threads import ThreadStatError, runqueue_depths, thread_times
+from pyvmm.idle.hostsched import runqueue_depths
+from pyvmm.idle.threads import ThreadStatError, thread_times
 
 # The counters worth a rate, in display order; each is shown only when the kernel has it.
 RATE_STATS = ("exits", "wfi_exit_stat", "wfe_exit_stat", "halt_exits", "halt_wakeup",

@@ -57,15 +57,20 @@ class HostObserver:
         """Begin observing the vCPU threads (objects with `index` and `thread_id`). Once per run."""
         if self._sampler is not None or self.observation is not None:
             return  # a restarted boot: the first one is the run's
-        tids = [v.thread_id for v in vcpus if v.thread_id is not None]
-        affinities = [os.sched_getaffinity(t) for t in tids]
+        tids, affinities = [], []
+        for v in vcpus:
+            try:
+                affinities.append(os.sched_getaffinity(v.thread_id))
+                tids.append(v.thread_id)
+            except (OSError, TypeError):  # a very short guest may be done before the VM counts as started
+                self._notes.append(f"vCPU {v.index}'s thread ended before it could be observed")
         cpus: set[int] = set().union(*affinities) if affinities else set()
         self._cpus = tuple(sorted(cpus))
         self._pinned = bool(affinities) and all(len(a) == 1 for a in affinities)
-        if not self._pinned:
+        if affinities and not self._pinned:
             self._notes.append(f"vCPUs not pinned to one CPU each: runqueue and idle figures cover CPUs "
                                f"{format_cpus(cpus)}")
-        if self.keep_threads_off:
+        if self.keep_threads_off and self._pinned:
             self._move_other_threads(set(tids), cpus)
         self._sampler = SchedSampler(cpus, interval_s=self.interval_s, root=self.root)
         for t in tids:

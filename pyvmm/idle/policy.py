@@ -170,11 +170,18 @@ def validate_policy(p: IdlePolicy) -> None:
 
 
 def check_affinity(affinity: Mapping[int, set[int]], cpus: int) -> None:
-    """Refuse pinning that cannot work before anything runs: unknown vCPUs or CPUs this process may not use."""
+    """Refuse pinning that cannot work before anything runs: unknown vCPUs, CPUs that do not exist or are offline,
+    or CPUs this process may not use."""
+    from pyvmm.idle.hostcpus import read_host_cpus
+
+    if not affinity:
+        return
     allowed = os.sched_getaffinity(0)
+    host = read_host_cpus()
     for v, want in sorted(affinity.items()):
         if v >= cpus:
             raise UsageError(f"cpu affinity names vCPU {v}, but the VM has {cpus} vCPU(s) (0..{cpus - 1})")
+        host.check(set(want), f"cpu affinity {v}={','.join(map(str, sorted(want)))}")
         outside = sorted(set(want) - allowed)
         if outside:
             raise UsageError(f"cpu affinity {v}={','.join(map(str, sorted(want)))}: CPU(s) {outside} are not "

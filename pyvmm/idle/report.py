@@ -20,7 +20,6 @@ def idle_probe_report(vm: Any, arch: str) -> dict:
             "wfe_trap_policy": host.wfx_trap_policy("wfe"),
             "trap_policy_honoured": host.honours_wfx_trap_policy,
             "kvm module parameters": dict(host.kvm_module_params),
-            "preemption": {"model": host.preempt.model, "source": host.preempt.source},
             "cpus": host.cpu_count,
         },
     }
@@ -38,6 +37,4 @@ def render_idle(report: dict) -> list[str]:
                      f"wfe_trap_policy={host['wfe_trap_policy'] or 'unset'} ({honoured})")
     params = ", ".join(f"{k}={'unreadable' if v is None else v}" for k, v in host["kvm module parameters"].items())
     lines.append(f"  kvm module: {params}")
-    preempt = host["preemption"]
-    lines.append(f"  host preemption model: {preempt['model'] or 'unknown'} ({preempt['source']})")
     return lines

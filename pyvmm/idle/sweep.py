@@ -14,9 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pyvmm.idle.bench import percentile
 from pyvmm.idle.cpuidle import IdleResidency
 from pyvmm.idle.hostsched import PeltObservation, RunqueueObservation
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
+    if not values:
+        raise ValueError("percentile of no values")
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 @dataclass

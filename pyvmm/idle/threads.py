@@ -1,23 +1,19 @@
-"""Per-thread host CPU accounting, pinning and runqueue depth: the measurements that make a
-WFx/HLT passthrough decision checkable (wfx.md: a passed-through idle vCPU looks 100% busy,
-and a runqueue-depth threshold depends on how many tasks share the vCPU's CPU).
+"""Per-thread host CPU accounting and pinning: the measurements that make a WFx/HLT passthrough
+decision checkable (wfx.md: a passed-through idle vCPU looks 100% busy). Runqueue depth and the
+scheduler's load signals are pyvmm.idle.hostsched.
 
-Sources: /proc/<pid>/task/<tid>/stat (utime, stime, processor = field 39), .../schedstat
-(run/wait ns; needs CONFIG_SCHED_INFO), /proc/schedstat (per-CPU run_delay), and the
-scheduler debug file (per-CPU nr_running; /sys/kernel/debug/sched/debug since 5.13, earlier
-/proc/sched_debug). Anything unreadable is reported as such, never guessed silently.
+Sources: /proc/<pid>/task/<tid>/stat (utime, stime, processor = field 39) and .../schedstat
+(run/wait ns; needs CONFIG_SCHED_INFO). Anything unreadable is reported as such, never guessed silently.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Iterable
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-SCHED_DEBUG_PATHS = ("/sys/kernel/debug/sched/debug", "/proc/sched_debug")
 
 
 class ThreadStatError(OSError):
@@ -124,73 +120,3 @@ def set_affinity(tid: int, cpus: Iterable[int]) -> set[int]:
 
 def get_affinity(tid: int) -> set[int]:
     return set(os.sched_getaffinity(tid))
-
-
-# ---------------------------------------------------------------------------------------------
-# Runqueue depth
-
-
-@dataclass(frozen=True)
-class RunqueueSample:
-    """nr_running of one CPU, or why it is not known."""
-
-    cpu: int
-    nr_running: int | None
-    source: str  # the file it came from, or the reason it is unavailable
-    run_delay_ns: int | None = None  # /proc/schedstat: total time tasks waited on this runqueue
-
-
-def parse_sched_debug(text: str) -> dict[int, int]:
-    """{cpu: nr_running} from the scheduler debug file ("cpu#N" sections, ".nr_running : X").
-
-    Only the first .nr_running after each cpu#N header is the runqueue's (cfs_rq sections
-    repeat the key further down).
-    """
-    out: dict[int, int] = {}
-    cpu: int | None = None
-    for line in text.splitlines():
-        m = re.match(r"cpu#(\d+)", line)
-        if m:
-            cpu = int(m.group(1))
-            continue
-        m = re.match(r"\s*\.nr_running\s*:\s*(\d+)", line)
-        if m and cpu is not None and cpu not in out:
-            out[cpu] = int(m.group(1))
-    return out
-
-
-def parse_proc_schedstat(text: str) -> dict[int, int]:
-    """{cpu: run_delay_ns} from /proc/schedstat (cpuN lines: field 8 after the name)."""
-    out: dict[int, int] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if parts and re.fullmatch(r"cpu\d+", parts[0]) and len(parts) >= 9:
-            out[int(parts[0][3:])] = int(parts[8])
-    return out
-
-
-def runqueue_depths(cpus: Iterable[int]) -> list[RunqueueSample]:
-    """nr_running for each CPU in `cpus`, from the scheduler debug file when readable.
-
-    /proc/schedstat has no nr_running, only wait totals, which are attached when readable.
-    When no source is readable (debugfs not mounted, not root, CONFIG_SCHED_DEBUG off), each
-    sample says so explicitly with nr_running None.
-    """
-    wanted = list(cpus)
-    delays: dict[int, int] = {}
-    try:
-        with open("/proc/schedstat") as f:
-            delays = parse_proc_schedstat(f.read())
-    except OSError:
-        pass
-    for path in SCHED_DEBUG_PATHS:
-        try:
-            with open(path) as f:
-                depths = parse_sched_debug(f.read())
-        except OSError:
-            continue
-        return [RunqueueSample(c, depths.get(c), path if c in depths else f"cpu {c} not in {path}",
-                               delays.get(c)) for c in wanted]
-    why = ("unavailable: neither " + " nor ".join(SCHED_DEBUG_PATHS) +
-           " is readable (mount debugfs and run as root, kernel needs CONFIG_SCHED_DEBUG)")
-    return [RunqueueSample(c, None, why, delays.get(c)) for c in wanted]

@@ -64,7 +64,7 @@ class IdleSpec:
     cap_numbers: dict[str, int] = field(default_factory=dict)  # out-of-tree capability numbers by name
     api_socket: Path | None = None
     stats_json: Path | None = None
-    measure: bool = False  # sample statistics and report them (RunResult.report) without any file
+    measure: bool = False  # sample statistics and report them (RunResult.report, with any warnings) without any file
 
     @property
     def active(self) -> bool:

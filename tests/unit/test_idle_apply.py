@@ -14,7 +14,7 @@ from pyvmm.idle.apply import (
     apply_before_vcpus, apply_live,
 )
 from pyvmm.idle.caps import cap_table
-from pyvmm.idle.host import HostInfo, PreemptModel
+from pyvmm.idle.host import HostInfo
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
@@ -42,7 +42,7 @@ class FakeVM:
 
 def arm_host(cmdline: str = "", release: str = "6.12.117-wfx") -> HostInfo:
     params = dict(w.partition("=")[::2] for w in cmdline.split())
-    return HostInfo("arm64", release, params, {"halt_poll_ns": 200000}, PreemptModel("full", "test"), 4)
+    return HostInfo("arm64", release, params, {"halt_poll_ns": 200000}, 4)
 
 
 WFX_VM = dict(accepts={236, 248, 182}, answers={236: 1, 248: 3, 182: 1})
@@ -153,7 +153,7 @@ def test_live_threshold_changes_and_keeps_halt_poll():
 
 
 def test_arch_mismatch_errors():
-    x86 = HostInfo("x86_64", "6.18", {}, {"halt_poll_ns": 1}, PreemptModel(None, "t"), 2)
+    x86 = HostInfo("x86_64", "6.18", {}, {"halt_poll_ns": 1}, 2)
     with pytest.raises(IdlePolicyError, match="arm64-only; this host is x86_64"):
         apply_before_vcpus(FakeVM(), IdlePolicy(wfx_trap_threshold=1), "x86_64", host=x86, caps=CAPS)
     with pytest.raises(IdlePolicyError, match="x86 exits; on arm64 use wfx_passthrough"):
@@ -161,7 +161,7 @@ def test_arch_mismatch_errors():
 
 
 def test_x86_mask_refusal_before_enable_cap():
-    x86 = HostInfo("x86_64", "6.18", {}, {"halt_poll_ns": 1}, PreemptModel(None, "t"), 2)
+    x86 = HostInfo("x86_64", "6.18", {}, {"halt_poll_ns": 1}, 2)
     vm = FakeVM(accepts={143}, answers={143: 14})
     with pytest.raises(IdlePolicyError, match=r"mwait not allowed .* mask is 0xe \(cstate, hlt, pause\)"):
         apply_before_vcpus(vm, IdlePolicy(idle_exits={"mwait", "hlt"}), "x86_64", host=x86, caps=CAPS)

@@ -18,14 +18,14 @@ from pyvmm.errors import UsageError
 from pyvmm.idle.apply import IdleChange
 from pyvmm.idle.caps import cap_table
 from pyvmm.idle.control import IdleController, IdleRefusedError, applied_to_dict, render_policy
-from pyvmm.idle.host import HostInfo, PreemptModel
+from pyvmm.idle.host import HostInfo
 from pyvmm.idle.policy import IdlePolicy, check_affinity
 from pyvmm.spec import IdleSpec, VmSpec
 from pyvmm.vmm.lifecycle import Lifecycle
 
 CAPS = cap_table(environ={})
-ARM = HostInfo("arm64", "6.12.117-wfx", {}, {"halt_poll_ns": 200000}, PreemptModel("full", "test"), 4)
-STOCK = HostInfo("arm64", "6.12.57+deb13-arm64", {}, {"halt_poll_ns": 200000}, PreemptModel("full", "t"), 2)
+ARM = HostInfo("arm64", "6.12.117-wfx", {}, {"halt_poll_ns": 200000}, 4)
+STOCK = HostInfo("arm64", "6.12.57+deb13-arm64", {}, {"halt_poll_ns": 200000}, 2)
 
 
 class FakeVM:
@@ -95,8 +95,19 @@ def test_hlt_passthrough_hides_pv_unhalt():
 def test_affinity_checked_before_the_vm_runs():
     with pytest.raises(UsageError, match="names vCPU 3, but the VM has 1"):
         VmSpec(idle=IdleSpec(policy=IdlePolicy(cpu_affinity={3: {0}}))).validate()
-    with pytest.raises(UsageError, match="not available to pyvmm"):
+    with pytest.raises(UsageError, match="CPU 4096 does not exist on this host"):
         check_affinity({0: {4096}}, 1)
+
+
+def test_affinity_to_offline_or_forbidden_cpus_refused(monkeypatch):
+    from pyvmm.idle import hostcpus, policy
+
+    monkeypatch.setattr(hostcpus, "read_host_cpus", lambda: hostcpus.HostCpus(frozenset({0, 1, 2}), frozenset({0, 1})))
+    with pytest.raises(UsageError, match=r"^cpu affinity 0=2: CPU 2 is offline \(online: 0-1\)$"):
+        check_affinity({0: {2}}, 1)
+    monkeypatch.setattr(policy.os, "sched_getaffinity", lambda pid: {0})
+    with pytest.raises(UsageError, match="not available to pyvmm"):
+        check_affinity({0: {1}}, 1)
 
 
 def test_policy_dict_is_json_and_renders():
@@ -176,3 +187,26 @@ def test_server_replaces_stale_socket_and_refuses_other_files(tmp_path):
     plain.write_text("x")
     with pytest.raises(UsageError, match="not a socket"):
         ControlServer(str(plain), c, vmm)
+
+
+def test_threshold_on_unpinned_vcpus_warns_once(monkeypatch):
+    """Objection (e): the warning names --cpu-affinity, is told once, and goes into the policy report."""
+    import threading
+    from types import SimpleNamespace
+
+    from pyvmm.idle import control
+
+    told: list[str] = []
+    c = IdleController(IdlePolicy(), host=ARM, warn=told.append)
+    vcpu = SimpleNamespace(index=0, thread_id=threading.get_native_id())
+    c.applied = SimpleNamespace(wfx_trap_threshold=1)
+    monkeypatch.setattr(control.os, "sched_getaffinity", lambda tid: {0, 1})
+    c._check_pinning([vcpu])
+    c._check_pinning([vcpu])  # a second boot (--on-reboot restart): not told again
+    assert len(told) == 1 and "vCPU 0 is not pinned" in told[0] and "--cpu-affinity 0=CPU" in told[0]
+    assert c.warnings == told
+    monkeypatch.setattr(control.os, "sched_getaffinity", lambda tid: {1})
+    pinned = IdleController(IdlePolicy(), host=ARM, warn=told.append)
+    pinned.applied = SimpleNamespace(wfx_trap_threshold=1)
+    pinned._check_pinning([vcpu])
+    assert len(told) == 1

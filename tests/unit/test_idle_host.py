@@ -10,9 +10,8 @@ import pytest
 
 from pyvmm.idle.caps import cap_table
 from pyvmm.idle.host import (
-    ABSENT, AMBIGUOUS, AVAILABLE, HostInfo, PreemptModel, normalize_arch, parse_cmdline,
-    parse_kernel_version, parse_preempt_config, parse_preempt_debugfs, parse_preempt_uname,
-    probe_host, probe_mechanisms,
+    ABSENT, AMBIGUOUS, AVAILABLE, HostInfo, normalize_arch, parse_cmdline, parse_kernel_version, probe_host,
+    probe_mechanisms,
 )
 
 CAPS = cap_table(environ={})
@@ -29,19 +28,9 @@ def test_versions_and_arch():
     assert normalize_arch("aarch64") == "arm64" and normalize_arch("x86_64") == "x86_64"
 
 
-def test_preempt_parsers():
-    assert parse_preempt_debugfs("none voluntary (full) lazy\n") == "full"
-    assert parse_preempt_uname("#1 SMP PREEMPT_DYNAMIC Debian") == "dynamic"
-    assert parse_preempt_uname("#1 SMP PREEMPT Tue") == "full"
-    assert parse_preempt_uname("#1 SMP PREEMPT_RT") == "rt"
-    assert parse_preempt_uname("#1 SMP") is None
-    assert parse_preempt_config("CONFIG_PREEMPT_VOLUNTARY=y\n# CONFIG_PREEMPT is not set\n") == "voluntary"
-    assert parse_preempt_config("CONFIG_PREEMPT=y\nCONFIG_PREEMPT_COUNT=y\n") == "full"
-
-
 def test_wfx_policy_honoured_only_from_6_11():
-    new = HostInfo("arm64", "6.12.1", {"kvm-arm.wfi_trap_policy": "notrap"}, {}, PreemptModel(None, ""), 1)
-    old = HostInfo("arm64", "6.1.0", {"kvm-arm.wfi_trap_policy": "notrap"}, {}, PreemptModel(None, ""), 1)
+    new = HostInfo("arm64", "6.12.1", {"kvm-arm.wfi_trap_policy": "notrap"}, {}, 1)
+    old = HostInfo("arm64", "6.1.0", {"kvm-arm.wfi_trap_policy": "notrap"}, {}, 1)
     assert new.effective_wfx_trap_policy("wfi") == "notrap"
     assert new.effective_wfx_trap_policy("wfe") is None
     assert old.effective_wfx_trap_policy("wfi") is None and old.wfx_trap_policy("wfi") == "notrap"
@@ -56,7 +45,6 @@ def test_probe_this_host():
     if os.path.exists("/sys/module/kvm/parameters/halt_poll_ns"):
         with open("/sys/module/kvm/parameters/halt_poll_ns") as f:
             assert h.kvm_module_params["halt_poll_ns"] == int(f.read())
-    assert h.preempt.source  # always says where the model came from or why it is unknown
 
 
 needs_x86_kvm = pytest.mark.skipif(
@@ -99,7 +87,7 @@ class FakeVM:
             raise OSError(errno.EINVAL, "Invalid argument")
 
 
-ARM = HostInfo("arm64", "6.12.117-wfx", {}, {"halt_poll_ns": 500}, PreemptModel("full", "t"), 2)
+ARM = HostInfo("arm64", "6.12.117-wfx", {}, {"halt_poll_ns": 500}, 2)
 
 
 def test_ambiguous_without_trial():
@@ -126,25 +114,9 @@ def test_trial_resolves_ambiguity_on_throwaway_vm_only():
 
 
 def test_old_arm_kernel_has_no_trap_policy_param():
-    old = HostInfo("arm64", "6.1.0", {}, {}, PreemptModel(None, ""), 1)
+    old = HostInfo("arm64", "6.1.0", {}, {}, 1)
     m = {x.name: x for x in probe_mechanisms(FakeVM({}, set()), caps=CAPS, host=old, trial=False)}
     assert m["kvm-arm.wfe_trap_policy"].status == ABSENT and "< 6.11" in m["kvm-arm.wfe_trap_policy"].reason
-
-
-def test_preempt_probe_order(monkeypatch):
-    from pyvmm.idle import host as h
-    files: dict[str, str] = {}
-    monkeypatch.setattr(h, "_read", files.get)
-    monkeypatch.setattr(h, "_read_gz", files.get)
-    assert h.probe_preempt("6.12", "#1 SMP Debian", {}).model == "none-or-voluntary"
-    files["/proc/config.gz"] = "CONFIG_PREEMPT_NONE=y\n"
-    assert h.probe_preempt("6.12", "#1 SMP Debian", {}) == PreemptModel("none", "/proc/config.gz")
-    files["/boot/config-6.12"] = "CONFIG_PREEMPT_VOLUNTARY=y\n"
-    assert h.probe_preempt("6.12", "#1 SMP Debian", {}).source == "/boot/config-6.12"
-    assert h.probe_preempt("6.12", "#1 SMP PREEMPT_DYNAMIC", {"preempt": "full"}).model == "full"
-    files["/sys/kernel/debug/sched/preempt"] = "none (voluntary) full\n"
-    assert h.probe_preempt("6.12", "#1 SMP PREEMPT_DYNAMIC", {"preempt": "full"}) == PreemptModel(
-        "voluntary", "/sys/kernel/debug/sched/preempt")
 
 
 @pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")

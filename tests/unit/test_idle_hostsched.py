@@ -13,8 +13,9 @@ import pytest
 from pyvmm.idle.cpuidle import residency, snapshot
 from pyvmm.idle.hostcontext import read_host_context, unpinned_threshold_warning
 from pyvmm.idle.hostcpus import HostCpuError, Midr, format_cpus, parse_cpu_ranges, read_host_cpus
-from pyvmm.idle.hostsched import (Pelt, SchedSampler, parse_cpu_schedstat, parse_task_sched, read_pelt,
-                                  read_preemption)
+from pyvmm.idle.hostsched import (Pelt, SchedSampler, parse_cpu_schedstat, parse_preempt_config,
+                                  parse_preempt_debugfs, parse_sched_debug, parse_task_sched, parse_version_tokens,
+                                  read_pelt, read_preemption, runqueue_depths)
 
 
 def write(root: Path, rel: str, text: str) -> None:
@@ -88,6 +89,33 @@ def test_cpu_schedstat_running_and_waiting_ns():
     assert (stats[0].running_ns, stats[0].waiting_ns, stats[1].running_ns, stats[1].waiting_ns) == (1, 2, 30, 40)
 
 
+def test_parse_sched_debug_takes_rq_nr_running():
+    text = """cpu#0, 2000.000 MHz
+  .nr_running                    : 2
+  .nr_switches                   : 100
+cfs_rq[0]:/
+  .nr_running                    : 1
+cpu#1, 2000.000 MHz
+  .nr_running                    : 0
+"""
+    assert parse_sched_debug(text) == {0: 2, 1: 0}
+
+
+def test_runqueue_depths_now_from_debugfs_or_proc_sched_debug(tmp_path):
+    assert runqueue_depths([1], tmp_path)[0].source.startswith("unavailable: neither /sys/kernel/debug/sched/debug")
+    write(tmp_path, "proc/sched_debug", SCHED_DEBUG.format(n1=4))  # kernels before 5.13
+    write(tmp_path, "proc/schedstat", SCHEDSTAT.format(r0=0, w0=0, r1=5, w1=600))
+    (one, five) = runqueue_depths([1, 5], tmp_path)
+    assert (one.nr_running, one.source, one.run_delay_ns) == (4, "/proc/sched_debug", 600)
+    assert five.nr_running is None and five.source == "cpu 5 not in /proc/sched_debug"
+
+
+def test_runqueue_depths_of_this_host_say_where_or_why():
+    for s in runqueue_depths(range(os.cpu_count())):
+        assert s.source.startswith("/") if s.nr_running is not None else ("unavailable" in s.source
+                                                                           or "not in" in s.source)
+
+
 def test_sampler_reports_sampled_depth_time_mean_and_pelt(tmp_path):
     write(tmp_path, "proc/schedstat", SCHEDSTAT.format(r0=0, w0=0, r1=0, w1=0))
     write(tmp_path, "sys/kernel/debug/sched/debug", SCHED_DEBUG.format(n1=2))
@@ -142,6 +170,29 @@ def test_sampler_on_this_host_does_not_fail():
 
 
 # --- preemption model ---------------------------------------------------------------------------------------------
+
+
+def test_preempt_parsers():
+    assert parse_preempt_debugfs("none voluntary (full) lazy\n") == "full"
+    assert parse_version_tokens("#1 SMP PREEMPT_DYNAMIC Debian") == "dynamic"
+    assert parse_version_tokens("#1 SMP PREEMPT Tue") == "full"
+    assert parse_version_tokens("#1 SMP PREEMPT_RT") == "rt"
+    assert parse_version_tokens("#1 SMP") is None
+    assert parse_preempt_config("CONFIG_PREEMPT_VOLUNTARY=y\n# CONFIG_PREEMPT is not set\n") == "voluntary"
+    assert parse_preempt_config("CONFIG_PREEMPT=y\nCONFIG_PREEMPT_COUNT=y\n") == "full"
+
+
+def test_preemption_from_proc_config_gz(tmp_path):
+    import gzip
+
+    write(tmp_path, "proc/sys/kernel/version", "#1 SMP Debian\n")
+    (tmp_path / "proc/config.gz").write_bytes(gzip.compress(b"CONFIG_PREEMPT_VOLUNTARY=y\n"))
+    p = read_preemption(tmp_path)
+    assert (p.build, p.mode, p.source) == ("voluntary", "voluntary", "/proc/config.gz")
+
+
+def test_preemption_of_this_host_says_where_it_came_from():
+    assert read_preemption().source
 
 
 def test_preemption_dynamic_mode_from_debugfs(tmp_path):
@@ -276,4 +327,5 @@ def test_warning_for_a_threshold_on_unpinned_vcpus():
     assert unpinned_threshold_warning(1, 2, {0: {1}, 1: {0}}) is None
     w = unpinned_threshold_warning(1, 2, {0: {1}, 1: {0, 1}})
     assert "vCPU 1 is not pinned" in w and "--cpu-affinity 1=CPU" in w
-    assert "vCPU 0, 1 are not pinned" in unpinned_threshold_warning(0, 2, {})
+    assert "vCPU 0, 1 are not pinned" in unpinned_threshold_warning(2, 2, {})
+    assert unpinned_threshold_warning(0, 2, {}) is None  # 0 always traps: the runqueue does not matter

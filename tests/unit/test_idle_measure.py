@@ -1,4 +1,4 @@
-"""pyvmm.idle.measure (rates, totals, cross-checks) and pyvmm.idle.bench (specs, summaries, table, CSV, plot)."""
+"""pyvmm.idle.measure (rates, totals, cross-checks) and pyvmm.idle.bench (policy specs; results: test_idle_sweep)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from pyvmm.idle.bench import RunResult, parse_policy_spec, percentile, render_table, summarise, write_csv, write_plot
+from pyvmm.idle.bench import parse_policy_spec, with_default_pin
+from pyvmm.idle.sweep import percentile
 from pyvmm.idle.measure import VcpuStatsSampler, interval, observed_effects, render_interval, totals
 from pyvmm.idle.policy import PolicyParseError
 
@@ -106,26 +107,8 @@ def test_percentile():
         percentile([], 50)
 
 
-def run(label, ticks, stats, cpu=0.01, dur=0.2):
-    return RunResult(label, dur, len(ticks), stats, cpu, 1_000_000, ticks)
-
-
-def test_summarise_table_csv_plot(tmp_path):
-    rows = [summarise("threshold=0", [run("t0", [10, 20, 30, 40], {"exits": 40, "wfi_exit_stat": 4,
-                                                                   "halt_wait_ns": 0.1}),
-                                      run("t0", [50, 60, 70, 80], {"exits": 60, "wfi_exit_stat": 4,
-                                                                   "halt_wait_ns": 0.1})]),
-            summarise("passthrough=wfi", [], error="refused: kernel lacks it")]
-    r = rows[0]
-    assert r.runs == 2 and r.exits_per_s == pytest.approx(250) and r.wfi_per_period == 1
-    assert r.halt_wait_percent == pytest.approx(50) and r.host_cpu_percent == pytest.approx(5)
-    assert r.latency_median_us == pytest.approx(45) and r.halt_per_period is None
-    text = render_table(rows)
-    assert "wfi/period" in text and "halt/period" not in text and "passthrough=wfi: refused" in text
-    write_csv(rows, tmp_path / "b.csv")
-    got = list(csv.DictReader(open(tmp_path / "b.csv")))
-    assert got[0]["policy"] == "threshold=0" and float(got[0]["wake median us"]) == pytest.approx(45)
-    assert got[1]["error"].startswith("refused")
-    pytest.importorskip("matplotlib")
-    write_plot(rows, tmp_path / "b.png", "test")
-    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_default_pin_only_where_the_policy_has_none():
+    pinned, free = parse_policy_spec("threshold=1,pin=0"), parse_policy_spec("threshold=1")
+    assert with_default_pin(pinned, {0: {1}}).policy.cpu_affinity == {0: {0}}
+    got = with_default_pin(free, {0: {1}})
+    assert got.policy.cpu_affinity == {0: {1}} and got.label == "threshold=1" and free.policy.cpu_affinity == {}

@@ -83,3 +83,13 @@ def test_stop_and_close_are_idempotent_and_safe_before_start(tmp_path):
     obs.stop()
     obs.close()
     assert obs.observation is None
+
+
+def test_vcpu_thread_gone_before_start_is_a_note(tmp_path):
+    obs = HostObserver(interval_s=0.01, root=tmp_path)
+    obs.start([FakeVcpu(0, 2**22 + 12345), FakeVcpu(1, None)])  # no such thread; no thread yet
+    obs.close()
+    o = obs.observation
+    assert o.cpus == () and not o.pinned and o.sched.threads == []
+    assert o.notes == ("vCPU 0's thread ended before it could be observed",
+                       "vCPU 1's thread ended before it could be observed")

@@ -1,4 +1,4 @@
-"""pyvmm.idle.threads: /proc parsing, real per-thread CPU time, pinning, runqueue depth."""
+"""pyvmm.idle.threads: /proc parsing, real per-thread CPU time, pinning."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import time
 import pytest
 
 from pyvmm.idle.threads import (
-    ThreadStatError, get_affinity, parse_proc_schedstat, parse_sched_debug, parse_schedstat,
-    parse_task_stat, runqueue_depths, set_affinity, thread_times, usage,
+    ThreadStatError, get_affinity, parse_schedstat, parse_task_stat, set_affinity, thread_times, usage,
 )
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -33,35 +32,6 @@ def test_parse_schedstat():
     assert parse_schedstat("123 456 7\n") == (123, 456, 7)
     with pytest.raises(ThreadStatError):
         parse_schedstat("1 2")
-
-
-def test_parse_sched_debug_takes_rq_nr_running():
-    text = """cpu#0, 2000.000 MHz
-  .nr_running                    : 2
-  .nr_switches                   : 100
-cfs_rq[0]:/
-  .nr_running                    : 1
-cpu#1, 2000.000 MHz
-  .nr_running                    : 0
-"""
-    assert parse_sched_debug(text) == {0: 2, 1: 0}
-
-
-def test_parse_proc_schedstat():
-    text = "version 15\ntimestamp 1\ncpu0 0 0 10 2 3 4 5000 600 7\ndomain0 3 1 2\ncpu1 0 0 1 1 1 1 1 9 1\n"
-    assert parse_proc_schedstat(text) == {0: 600, 1: 9}
-
-
-def test_runqueue_depths_says_where_or_why():
-    samples = runqueue_depths(range(os.cpu_count()))
-    known = [s for s in samples if s.nr_running is not None]
-    for s in samples:
-        if s.nr_running is None:
-            assert "unavailable" in s.source or "not in" in s.source
-        else:
-            assert s.source.startswith("/")
-    if len(known) == len(samples):
-        assert sum(s.nr_running for s in known) >= 1  # this test is running on some CPU
 
 
 def _spinner(tid: list[int], go: threading.Event, stop: threading.Event):

@@ -73,7 +73,7 @@ def test_cpu_affinity_pins_the_vcpu(tmp_path):
     (("--idle-exits", "hlt,nap"), 64, "unknown 'nap'"),
     (("--idle-exits", "mwait"), 69, "not allowed by kernel"),
     (("--cpu-affinity", "1=0"), 64, "the VM has 1 vCPU"),
-    (("--cpu-affinity", "0=4096"), 64, "not available to pyvmm"),
+    (("--cpu-affinity", "0=4096"), 64, "CPU 4096 does not exist on this host"),
     (("--cap-number", "HALT_POLL=9"), 64, "not an out-of-tree capability"),
     (("--stats-json", "/nonexistent/dir/s.json"), 66, "--stats-json"),
     (("--api-socket", "/nonexistent/dir/s.sock"), 64, "--api-socket"),

@@ -22,6 +22,10 @@ def test_probe_json_reports_the_host():
     assert mechanisms["arm_wfx_trap_runqueue_depth"]["status"] != "available"
     assert mechanisms["halt_poll"]["status"] in ("available", "absent")
     assert "halt_poll_ns" in report["idle"]["host"]["kvm module parameters"]
+    ctx = report["host_context"]  # what a WFx threshold's figures depend on (issue 14)
+    assert ctx["preemption"]["build"] in ("none", "voluntary", "full", "lazy", "rt", "dynamic", "none-or-voluntary")
+    assert ctx["preemption"]["source"] and ctx["cpus"]["online"] and ctx["cpus"]["heterogeneous"] in (True, False, None)
+    assert ctx["cpuidle"].startswith(("cpuidle driver", "not exposed"))
 
 
 def test_probe_table_is_readable():
@@ -31,6 +35,7 @@ def test_probe_table_is_readable():
     assert "API version 12" in text
     assert "idle / exit controls" in text
     assert "KVM_CAP_X86_DISABLE_EXITS" in text
+    assert "  preemption  " in text and "  idle states  " in text
 
 
 def test_probe_without_kvm_is_one_line(tmp_path):
