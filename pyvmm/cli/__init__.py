@@ -18,6 +18,7 @@ class LazyGroup(click.Group):
         "ctl": ("pyvmm.cli.ctl", "ctl"),
         "bench": ("pyvmm.cli.bench", "bench"),
         "initramfs": ("pyvmm.cli.initramfs", "initramfs"),
+        "kvm-unit-tests": ("pyvmm.cli.kvm_unit_tests", "kvm_unit_tests"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

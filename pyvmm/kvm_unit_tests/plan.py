@@ -53,12 +53,13 @@ class PlannedTest:
         return self.test.name
 
     def command(self, environ_file: Path, run_options: list[str]) -> list[str]:
-        """`pyvmm run` arguments, in the order kvm-unit-tests' arm/run gives lkvm its own."""
+        """`pyvmm run` arguments, in the order kvm-unit-tests' arm/run gives lkvm its own (which `lkvm` takes too);
+        `run_options` go last (e.g. --no-stdin and an idle policy for pyvmm)."""
         assert self.kernel is not None
         argv = ["run", "--kernel", str(self.kernel), "--cpus", str(self.cpus)]
         if self.args is not None:
             argv += ["--params", self.args]
-        argv += [*DEFAULT_OPTIONS, *self.options, "--initrd", str(environ_file), "--no-stdin", *run_options]
+        argv += [*DEFAULT_OPTIONS, *self.options, "--initrd", str(environ_file), *run_options]
         return argv
 
 

@@ -198,13 +198,13 @@ def test_check_parameter_compares_a_file(kut_dir, tmp_path):
 
 
 def test_commands_use_kvmtools_spelling_and_the_expanded_values(kut_dir):
-    suite_ = plan_all(kut_dir, run_options=["--wfx-trap-threshold", "0"])
+    suite_ = plan_all(kut_dir, run_options=["--no-stdin", "--wfx-trap-threshold", "0"])
     planned = by_name(suite_.tests)
     env = Path("/tmp/env")
     assert planned["selftest-setup"].command(env, suite_.options.run_options) == [
         "run", "--kernel", str(kut_dir / "arm" / "selftest.flat"), "--cpus", "2", "--params", "setup smp=2 mem=256",
         "--nodefaults", "--network", "mode=none", "--loglevel", "warning", "--mem", "256", "--initrd", "/tmp/env",
-        "--no-stdin", "--wfx-trap-threshold", "0"]
+        "--no-stdin", "--wfx-trap-threshold", "0"]  # the run options last
     gic = planned["gicv2-ipi"]
     assert (gic.cpus, gic.args, gic.options) == (6, "ipi", ["--irqchip=gicv2"])
     assert by_name(plan_all(kut_dir, max_smp=12).tests)["gicv2-ipi"].cpus == 8
@@ -382,3 +382,40 @@ def test_the_host_must_be_arm64_with_kvm(tmp_path):
         suite.check_host("x86_64")
     with pytest.raises(KvmUnavailableError, match="no KVM"):
         suite.check_host("aarch64", str(tmp_path / "kvm"))
+
+
+def test_command_line_errors_are_one_line(kut_dir, tmp_path):
+    from tests.conftest import run_pyvmm
+
+    for args, status, message in [
+        ([str(tmp_path / "nowhere")], 66, "is not a directory"),
+        ([str(tmp_path / "arm")], 66, "has no unittests.cfg"),
+        ([str(kut_dir), "nosuch"], 64, "has no test nosuch: list them with --list"),
+        ([str(kut_dir), "-g", "nosuch"], 64, "has no group nosuch"),
+        ([str(kut_dir), "--timeout", "soon"], 64, "--timeout: 'soon' is not a duration"),
+    ]:
+        result = run_pyvmm("kvm-unit-tests", *args)
+        lines = result.stderr.decode().splitlines()
+        assert (result.returncode, len(lines)) == (status, 1) and message in lines[0], (args, lines)
+
+
+def test_list_shows_each_command_with_the_idle_options_forwarded(kut_dir):
+    from tests.conftest import run_pyvmm
+
+    result = run_pyvmm("kvm-unit-tests", str(kut_dir), "-l", "gicv2-ipi", "timer", "--wfx-trap-threshold", "0",
+                       "--allow-fallback", "--cap-number", "ARM_DISABLE_EXITS=250", "--max-smp", "4")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == (f"gicv2-ipi [gic] pyvmm run --kernel {kut_dir}/arm/gic.flat --cpus 4 --params ipi --nodefaults "
+                        f"--network mode=none --loglevel warning --irqchip=gicv2 --initrd ENVIRON --no-stdin "
+                        f"--wfx-trap-threshold 0 --allow-fallback --cap-number ARM_DISABLE_EXITS=250")
+    assert lines[1].startswith("timer [timer] pyvmm run") and len(lines) == 2
+
+
+def test_idle_arguments_spell_back_only_what_was_given():
+    from pyvmm.cli.kvm_unit_tests import idle_arguments
+
+    assert idle_arguments({"wfx_trap_threshold": None, "wfx_passthrough": "", "allow_fallback": False,
+                           "cap_numbers": ()}) == []
+    assert idle_arguments({"wfx_passthrough": "wfi", "halt_poll_ns": "0", "cpu_affinity": "0=1"}) == [
+        "--wfx-passthrough", "wfi", "--halt-poll-ns", "0", "--cpu-affinity", "0=1"]
