@@ -118,7 +118,7 @@ def idle(kernel, policies, repeat, periods, period_us, allow_fallback, cap_numbe
     if plot_path is not None:
         what = f"{kernel.name}, {periods} x {period_us} µs, {arch}, {repeat} run(s) per point"
         write_plot(cells, plot_path, f"pyvmm bench idle: {what}")
-    return 0 if all(c.error is None for c in cells) else 1
+    return ExitStatus.OK if all(c.error is None for c in cells) else ExitStatus.FAILED
 
 
 def _pinning(pin: dict[int, set[int]]) -> str:

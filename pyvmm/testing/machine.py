@@ -10,11 +10,10 @@ the vCPUs, joins every thread pyvmm started and closes every fd it opened.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pyvmm.errors import ExitStatus, PyvmmError, UsageError
 from pyvmm.spec import VmSpec
@@ -33,20 +32,17 @@ class MachineError(PyvmmError):
     """The Machine was used out of order (run before start, start twice), or the VM failed to start."""
 
 
-def machine_spec(*, kernel: str | os.PathLike[str] | None = None, initrd: str | os.PathLike[str] | None = None,
-                 cmdline: str = "", memory: int | str = "256M", cpus: int = 1, guest_args: Iterable[int] = (),
-                 irqchip: str = "auto", console_log: str | os.PathLike[str] | None = None,
-                 command: list[str] | None = None, options: Mapping[str, Any] | None = None) -> VmSpec:
-    """The VmSpec of a Machine: the core values, the console (no stdin, no echo: the Machine's Console reads it),
-    and `options`, the `pyvmm run` options by parameter name (e.g. {"halt_poll_ns": "0", "test_timeout": 5}, see
+def machine_spec(*, command: list[str] | None = None, options: Mapping[str, Any] | None = None,
+                 **core: Any) -> VmSpec:
+    """The VmSpec of a Machine. `core`: the core values build_spec takes (kernel=, initrd=, cmdline=, memory=, cpus=,
+    guest_args=, irqchip=, console_log=, ...); the console has no stdin and no echo (the Machine's Console reads it).
+    `options`: `pyvmm run` options by parameter name (e.g. {"halt_poll_ns": "0", "test_timeout": 5}, see
     pyvmm.spec.options.RunOptions). `command` (Linux, arm64): boot an initramfs pyvmm builds around it, as
     `pyvmm run -k Image -- CMD` does; Machine.status is then the command's exit status."""
     values = dict(options or {})
     if command:
         values["test_command"] = list(command)
-    return build_spec(kernel=kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=cpus, guest_args=guest_args,
-                      irqchip=irqchip, console_log=console_log, stdin=False, echo=False,
-                      options=RunOptions.from_mapping(values))
+    return build_spec(stdin=False, echo=False, options=RunOptions.from_mapping(values), **core)
 
 
 class Machine:
