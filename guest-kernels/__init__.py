@@ -17,8 +17,8 @@ _ROOT = Path(__file__).resolve().parent
 _SUFFIX: dict[str, str] = {"x86_64": ".bin", "arm64": ".Image"}
 
 ARCHES: tuple[str, ...] = tuple(_SUFFIX)
-#: The same three guests exist for every architecture.
-NAMES: tuple[str, ...] = ("hello", "exits", "idle")
+#: The same guests exist for every architecture.
+NAMES: tuple[str, ...] = ("hello", "exits", "idle", "hostile")
 
 
 def _check_arch(arch: str) -> str:

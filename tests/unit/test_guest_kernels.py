@@ -101,7 +101,7 @@ def test_guests_print_the_contracted_greeting(arch: str) -> None:
 def test_names_and_paths() -> None:
     assert pyvmm_guests.ARCHES == ("x86_64", "arm64")
     for arch in pyvmm_guests.ARCHES:
-        assert pyvmm_guests.names(arch) == ("hello", "exits", "idle")
+        assert pyvmm_guests.names(arch) == ("hello", "exits", "idle", "hostile")
     assert pyvmm_guests.path("x86_64", "idle").name == "idle.bin"
     assert pyvmm_guests.path("arm64", "idle").name == "idle.Image"
     assert pyvmm_guests.path("arm64", "hello").is_absolute()
