@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
+import time
 from typing import Any
 
 from pyvmm.errors import PyvmmError
+
+# A busy server's listen backlog fills (EAGAIN) and a server that is just starting or stopping refuses
+# (ECONNREFUSED): both pass within moments, so connecting retries for this long before giving up.
+CONNECT_RETRY_SECONDS = 2.0
+_TRANSIENT = (errno.EAGAIN, errno.ECONNREFUSED)
 
 
 class ApiError(PyvmmError):
@@ -24,13 +31,7 @@ class RefusedError(PyvmmError):
 class Client:
     def __init__(self, path: str, timeout: float = 10.0) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except OSError as err:
-            self.sock.close()
-            raise ApiError(f"cannot connect to the control socket {path}: {err.strerror or err}") from None
+        self.sock = _connect(path, timeout)
         self.file = self.sock.makefile("rwb")
 
     def call(self, cmd: str, **args: Any) -> dict:
@@ -64,3 +65,20 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _connect(path: str, timeout: float) -> socket.socket:
+    deadline = time.monotonic() + min(timeout, CONNECT_RETRY_SECONDS)
+    pause = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError as err:
+            sock.close()
+            if err.errno not in _TRANSIENT or time.monotonic() + pause > deadline:
+                raise ApiError(f"cannot connect to the control socket {path}: {err.strerror or err}") from None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
