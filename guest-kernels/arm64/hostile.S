@@ -484,7 +484,7 @@ phase_queue_shrink:			/* 85 reads of sector 0 offered, then the queue disabled a
 	lsl	w0, w0, #16
 	leave
 
-phase_flood:				/* 256 heads, each one INDIRECT table: header -> 32766 x 1 byte -> status */
+phase_flood:				/* 256 heads, each one INDIRECT table: header -> 254 x 1 byte -> status */
 	enter
 	mov	w0, #T_GET_ID
 	mov	w1, #0
@@ -492,7 +492,7 @@ phase_flood:				/* 256 heads, each one INDIRECT table: header -> 32766 x 1 byte 
 	work	x7, W_INDIRECT
 	bl	header_desc
 	mov32	w2, D_NEXT | D_WRITE | 2 << 16
-	mov32	w13, D_NEXT | D_WRITE | INDIRECT_ENTRIES << 16
+	mov32	w13, D_NEXT | D_WRITE | FLOOD_ENTRIES << 16
 1:	work	x0, W_DATA
 	mov	w1, #1
 	bl	put_desc
@@ -503,7 +503,7 @@ phase_flood:				/* 256 heads, each one INDIRECT table: header -> 32766 x 1 byte 
 	work	x7, W_DESC
 	mov	w15, #QSIZE
 2:	work	x0, W_INDIRECT
-	mov32	w1, 16 * INDIRECT_ENTRIES
+	mov32	w1, 16 * FLOOD_ENTRIES
 	mov	w2, #D_INDIRECT
 	bl	put_desc
 	subs	w15, w15, #1

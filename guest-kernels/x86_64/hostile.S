@@ -425,7 +425,7 @@ phase_queue_shrink:			/* 85 reads of sector 0 offered, then the queue disabled a
 	shl	$16, %eax
 	ret
 
-phase_flood:				/* 256 heads, each one INDIRECT table: header -> 32766 x 1 byte -> status */
+phase_flood:				/* 256 heads, each one INDIRECT table: header -> 254 x 1 byte -> status */
 	mov	$T_GET_ID, %eax
 	xor	%edx, %edx
 	call	put_header
@@ -436,13 +436,13 @@ phase_flood:				/* 256 heads, each one INDIRECT table: header -> 32766 x 1 byte 
 	mov	$1, %ecx
 	call	put_desc
 	add	$(1 << 16), %edx
-	cmp	$(D_NEXT | D_WRITE | INDIRECT_ENTRIES << 16), %edx
+	cmp	$(D_NEXT | D_WRITE | FLOOD_ENTRIES << 16), %edx
 	jne	1b
 	call	status_desc
 	mov	$(WORK + W_DESC), %edi
 	mov	$QSIZE, %ebx
 2:	mov	$(WORK + W_INDIRECT), %eax
-	mov	$(16 * INDIRECT_ENTRIES), %ecx
+	mov	$(16 * FLOOD_ENTRIES), %ecx
 	mov	$D_INDIRECT, %edx
 	call	put_desc
 	dec	%ebx

@@ -3,8 +3,8 @@
 Everything in a ring is guest-controlled, so every step is checked: ring addresses and sizes when the queue is made
 ready, the available index against the queue size, each head and `next` index against the queue size, every
 buffer's [addr, addr + len) through `GuestMemory` (which raises GuestMemoryError outside RAM), chains bounded by
-the queue size (indirect tables by their own length), nested indirect tables and readable-after-writable buffers
-refused. Any violation raises `VirtqueueError`, the one error a device sees; the transport answers it with
+the queue's maximum size, indirect tables included (so one chain costs at most that many descriptors), nested
+indirect tables and readable-after-writable buffers refused. Any violation raises `VirtqueueError`, the one error a device sees; the transport answers it with
 DEVICE_NEEDS_RESET for that device only.
 
 Memory ordering: the guest reads the used ring on another CPU, so the used element must be visible before the used
@@ -26,7 +26,6 @@ from pyvmm.errors import GuestMemoryError
 
 DESC = struct.Struct("<QIHH")  # addr, len, flags, next
 USED_ELEM = struct.Struct("<II")
-MAX_QUEUE_SIZE = 32768  # the split-ring maximum (2.7)
 
 
 class Memory(Protocol):
@@ -216,12 +215,19 @@ class Virtqueue:
         table_size, index = self.size, head
         table = self._table(self.desc, table_size, "descriptor table")
         seen = 0
+        # The spec bounds a chain, indirect tables included, by the queue size (2.7.5.3.1); holding to it bounds
+        # what one notification costs the device (a 32768-entry indirect table per head would be 8 M descriptors).
+        budget = self.max_size
         in_indirect = False
         while True:
             seen += 1
+            budget -= 1
             if seen > table_size:
                 raise VirtqueueError(f"descriptor chain from head {head} is longer than its table ({table_size}): "
                                      f"a loop")
+            if budget < 0:
+                raise VirtqueueError(f"descriptor chain from head {head} has more than {self.max_size} descriptors, "
+                                     f"the queue size")
             addr, length, flags, nxt = unpack(table, 16 * index)
             if flags & DESC_F_INDIRECT:
                 if in_indirect:
@@ -230,9 +236,10 @@ class Virtqueue:
                     raise VirtqueueError("indirect descriptor used without VIRTIO_F_RING_INDIRECT_DESC")
                 if flags & DESC_F_NEXT:
                     raise VirtqueueError("a descriptor has both INDIRECT and NEXT")
-                if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
+                if length == 0 or length % 16 or length // 16 > self.max_size:
                     raise VirtqueueError(f"indirect table length {length} is not a multiple of 16 in "
-                                         f"16..{16 * MAX_QUEUE_SIZE}")
+                                         f"16..{16 * self.max_size} (a chain is at most the queue size)")
+                budget += 1  # the descriptor pointing at the table is not part of the chain
                 table_size, index, seen, in_indirect = length // 16, 0, 0, True
                 table = self._table(addr, table_size, "indirect table")
                 continue
