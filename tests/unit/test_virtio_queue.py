@@ -447,3 +447,18 @@ def test_virtqueue_pop_on_a_queue_that_is_not_ready_returns_nothing():
     queue.size = 3
     with pytest.raises(VirtqueueError):
         queue.validate()
+
+
+def test_a_chain_longer_than_the_queue_is_refused_even_through_an_indirect_table():
+    """A chain is at most the queue size (2.7.5.3.1): an indirect table may not make one notification cost
+    more (32768 descriptors per head, 256 heads: 8 M descriptors walked under the transport lock)."""
+    t, d, mem, irq, dev = make()
+    assert d.start()
+    longest = t.queues[0].max_size
+    d.add(0, [(DATA + 0x8000, 1)] * longest, [], indirect_at=DATA)
+    t.notify(0)
+    assert not needs_reset(t) and len(d.used(0)) == 1
+    d.add(0, [(DATA + 0x8000, 1)] * (longest + 1), [], indirect_at=DATA)
+    t.notify(0)
+    assert needs_reset(t) and len(d.used(0)) == 1
+    t.close()
