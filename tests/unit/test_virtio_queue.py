@@ -462,3 +462,32 @@ def test_a_chain_longer_than_the_queue_is_refused_even_through_an_indirect_table
     t.notify(0)
     assert needs_reset(t) and len(d.used(0)) == 1
     t.close()
+
+
+def test_one_notification_serves_at_most_a_ring_s_worth_then_yields_to_the_worker():
+    """A driver that keeps adding chains (another vCPU) must not hold the worker in one notify forever: after one
+    ring's worth the device yields (kicks itself again) so the worker sees its other fds and stop."""
+
+    class Busy(EchoDevice):
+        driver: Driver
+        served = 0
+
+        def serve(self, index: int, chain: Chain) -> int:
+            self.served += 1
+            if self.served < 1000:
+                self.driver.add(0, [(DATA, 1)], [(DATA + 0x100, 1)])  # the guest refills as fast as we serve
+            return super().serve(index, chain)
+
+    dev = Busy()
+    dev.batch = 4
+    t, d, mem, irq, _ = make(dev)
+    dev.driver = d
+    assert d.start()
+    os.eventfd_read(t.notify_fds[0])  # the kick DRIVER_OK gives every queue
+    d.add(0, [(DATA, 1)], [(DATA + 0x100, 1)])
+    t.notify(0)
+    assert dev.served == 16  # one ring's worth (16 entries)
+    assert os.eventfd_read(t.notify_fds[0]) == 1  # and the queue kicked again for the worker's next round
+    t.notify(0)
+    assert dev.served == 32
+    t.close()

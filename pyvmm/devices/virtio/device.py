@@ -7,12 +7,14 @@ reads the device's identity, queue sizes, features and config space, acknowledge
 - `memory`: guest RAM (pyvmm.kvm.memory.GuestMemory or a test model), bounds-checked;
 - `interrupt`: `signal_used()` after used buffers, `signal_config()` after a config change;
 - `queues`: one `Queue` per entry of `queue_sizes`: `pop()`/`drain(limit)` take chains, `complete(chain, written)`
-  returns them (and signals the driver when it asked for that); `vhost_ring()` describes the ring to a vhost backend;
+  returns them (and signals the driver when it asked for that); `notify_later()` yields to the worker with chains
+  still available; `vhost_ring()` describes the ring to a vhost backend;
 - `host_fds`: where the device may stop and resume watching its host fds (net pauses its TAP with no guest buffers).
 
 Handles are valid for one activation: after a driver reset they take and complete nothing, and the next DRIVER_OK
 brings new ones. The worker thread calls `notify(index)` when the driver kicks a queue; the default serves it with
-the one loop every userspace device shares: drain -> `serve_batch` (-> `serve` per chain) -> complete.
+the one loop every userspace device shares: drain -> `serve_batch` (-> `serve` per chain) -> complete, at most
+one ring's worth per call (then `notify_later`), so the work per notification is bounded.
 A malformed chain is reported by raising VirtqueueError (or GuestMemoryError): the transport sets
 DEVICE_NEEDS_RESET for this device only.
 """
@@ -70,6 +72,11 @@ class Queue(ABC):
 
     def complete(self, chain: Chain, written: int) -> None:
         self.complete_batch([(chain, written)])
+
+    @abstractmethod
+    def notify_later(self) -> None:
+        """Have the worker call the device's `notify` for this queue again once it has looked at its other file
+        descriptors (and at stop): how a device yields with chains still available."""
 
     @abstractmethod
     def vhost_ring(self) -> VhostRing | None:
@@ -130,8 +137,16 @@ class VirtioDevice(ABC):
         if index >= len(self.queues):
             return  # not activated (or reset meanwhile)
         queue = self.queues[index]
-        while chains := queue.drain(self.batch):
+        # At most one ring's worth per call: a driver that keeps adding chains must not keep the worker from its
+        # other fds, nor from stopping.
+        budget = self.queue_sizes[index]
+        while budget > 0:
+            chains = queue.drain(min(self.batch, budget))
+            if not chains:
+                return
+            budget -= len(chains)
             queue.complete_batch(list(zip(chains, self.serve_batch(index, chains))))
+        queue.notify_later()
 
     def serve_batch(self, index: int, chains: list[Chain]) -> list[int]:
         """Bytes written into each chain; devices that overlap requests (blk) override this."""

@@ -363,6 +363,11 @@ class _MmioQueue(Queue):
                 transport.isr |= v.INT_USED_BUFFER  # the bit first, then the signal (4.2.3.4)
                 transport.interrupt.trigger()
 
+    def notify_later(self) -> None:
+        fds = self._transport.notify_fds
+        if self.index < len(fds):  # empty once the transport is closed
+            os.eventfd_write(fds[self.index], 1)
+
     def vhost_ring(self) -> VhostRing | None:
         # No lock: called from `activate`, which already runs under it; a ready ring's layout cannot change.
         queue = self._queue
