@@ -79,10 +79,14 @@ def summary(console: str) -> str:
     return ""
 
 
-def run(planned: PlannedTest, environ_file: Path, run_options: list[str], pyvmm: list[str] | None = None,
+PYVMM = [sys.executable, "-m", "pyvmm"]
+
+
+def run(planned: PlannedTest, environ_file: Path, run_options: list[str], vmm: list[str] | None = None,
         ) -> TestResult:
-    """Run one planned (not skipped) test to its verdict."""
-    command = [*(pyvmm or [sys.executable, "-m", "pyvmm"]), *planned.command(environ_file, run_options)]
+    """Run one planned (not skipped) test to its verdict. `vmm`: the command before `run ...`, pyvmm by default;
+    kvmtool's `lkvm` takes the same arguments (benchmarks/kvm_unit_tests.py compares the two)."""
+    command = [*(vmm or PYVMM), *planned.command(environ_file, run_options)]
     start = time.monotonic()
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True)

@@ -24,7 +24,7 @@ ACCEL = "kvm"
 DEFAULT_TIMEOUT = "90s"
 # What kvm-unit-tests' kvmtool target always passes (scripts/vmm.bash, KVMTOOL_DEFAULT_OPTS): the exact command
 # line, no network device, and quiet.
-DEFAULT_OPTIONS = ("--nodefaults", "--network", "mode=none", "--loglevel", "warning")
+DEFAULT_OPTIONS = ("--nodefaults", "--network", "mode=none", "--loglevel=warning")
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -153,10 +153,9 @@ def _translate_qemu_params(planned: PlannedTest, words: list[str]) -> None:
                 planned.options += [f"--irqchip=gicv{version.group(1)}"]
 
 
-def variables(max_smp: int, environment: Mapping[str, str]) -> dict[str, str]:
+def variables(max_smp: int) -> dict[str, str]:
     """What a cfg value may refer to: run_tests.sh's shell variables for the kvmtool target on arm64."""
-    return {**{k: v for k, v in environment.items() if k == "PATH"}, "MAX_SMP": str(max_smp), "TARGET": TARGET,
-            "ARCH": ARCH, "ACCEL": ACCEL, "HOST": "aarch64"}
+    return {"MAX_SMP": str(max_smp), "TARGET": TARGET, "ARCH": ARCH, "ACCEL": ACCEL, "HOST": "aarch64"}
 
 
 def quote(argv: list[str]) -> str:

@@ -57,7 +57,7 @@ def prepare(options: SuiteOptions) -> Suite:
     selected = plan.select(tests, options.selection, str(config))
     max_smp = options.max_smp if options.max_smp is not None else int(
         options.environment.get("MAX_SMP") or os.cpu_count() or 1)
-    variables = plan.variables(max_smp, options.environment)
+    variables = plan.variables(max_smp)
     if options.timeout is not None:
         plan.parse_duration(options.timeout, "--timeout")
     folders = binary_folders(options.directory, config)
@@ -92,7 +92,7 @@ def check_host(machine: str | None = None, kvm: str = "/dev/kvm") -> None:
         raise KvmUnavailableError(f"{kvm} is not usable ({err.strerror}): this host has no KVM") from None
 
 
-def run(suite: Suite, report: Callable[[TestResult], None], pyvmm: list[str] | None = None) -> list[TestResult]:
+def run(suite: Suite, report: Callable[[TestResult], None], vmm: list[str] | None = None) -> list[TestResult]:
     """Run the planned tests one after the other (each VM gets the host to itself), reporting each as it ends."""
     results: list[TestResult] = []
     if suite.options.log_dir is not None:
@@ -109,7 +109,7 @@ def run(suite: Suite, report: Callable[[TestResult], None], pyvmm: list[str] | N
             elif planned.missing is not None:
                 result = TestResult(planned.name, FAIL, planned.missing)
             else:
-                result = execute.run(planned, environ_file, suite.options.run_options, pyvmm)
+                result = execute.run(planned, environ_file, suite.options.run_options, vmm)
                 _write_log(suite.options.log_dir, result)
             results.append(result)
             report(result)

@@ -6,6 +6,7 @@ No KVM here: a run is exercised with a stand-in VMM script that prints what a te
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -151,11 +152,48 @@ def test_values_expand_as_bash_expands_them(text, words):
     assert shell.words(text, {"MAX_SMP": "6"}, "v") == words
 
 
-def test_bash_errors_and_conditions():
-    with pytest.raises(UsageError, match="not valid bash"):
-        shell.words("'unclosed", {}, "test_args")
-    assert shell.condition('[[ "$TARGET" != qemu ]]', {"TARGET": "kvmtool"})
-    assert not shell.condition('[[ "$TARGET" != qemu ]]', {"TARGET": "qemu"})
+@pytest.mark.parametrize("text, words", [
+    ("a 'b c' \"d $MAX_SMP\" e\\ f", ["a", "b c", "d 6", "e f"]),
+    ("${MAX_SMP}x $UNSET \"\"", ["6x", ""]),
+    ("$((2 + 3 * 4)) $((-(1 + 1))) $((7 / 2)) $((7 % 3)) $((!0 && 1 || 0)) $((1 ? 2 ? 3 : 4 : 5))",
+     ["14", "-2", "3", "1", "1", "3"]),
+    ("--irqchip=gicv3 \"$EMPTY\"", ["--irqchip=gicv3", ""]),
+])
+def test_words_quotes_variables_and_arithmetic(text, words):
+    assert shell.words(text, {"MAX_SMP": "6", "EMPTY": ""}, "v") == words
+
+
+@pytest.mark.parametrize("text, message", [
+    ("'unclosed", "single quote is not closed"),
+    ('"unclosed', "double quote is not closed"),
+    ("$(uname -r)", "command substitution"),
+    ("`uname -r`", "beyond what pyvmm evaluates"),
+    ("a; b", "beyond what pyvmm evaluates"),
+    ("$((1 +))", "expected more"),
+    ("$((X + 1))", "X is 'x', not a number"),
+    ("$((1 / 0))", "division by zero"),
+])
+def test_what_pyvmm_does_not_evaluate_is_refused_in_one_line(text, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        shell.words(text, {"X": "x"}, "[t] smp")
+
+
+@pytest.mark.parametrize("text, variables, result", [
+    ('[[ "$TARGET" != qemu ]]', {"TARGET": "kvmtool"}, True),
+    ('[[ "$TARGET" != qemu ]]', {"TARGET": "qemu"}, False),
+    ('[[ $TARGET == kvm* ]]', {"TARGET": "kvmtool"}, True),
+    ("[ $MAX_SMP -lt 4 ] && true", {"MAX_SMP": "2"}, True),
+    ("test $MAX_SMP -ge 4 || [[ -z $UNSET ]]", {"MAX_SMP": "2"}, True),
+    ("false || ! [[ -n x ]]", {}, False),
+    ("true && false", {}, False),
+])
+def test_disabled_if_conditions(text, variables, result):
+    assert shell.condition(text, variables) is result
+
+
+def test_unknown_commands_in_conditions_are_refused():
+    with pytest.raises(UsageError, match="only \\[\\[ \\]\\], \\[ \\], test"):
+        shell.condition("grep -q x /proc/cpuinfo", {})
 
 
 def test_selection_by_name_and_group_and_unknown_ones():
@@ -203,7 +241,7 @@ def test_commands_use_kvmtools_spelling_and_the_expanded_values(kut_dir):
     env = Path("/tmp/env")
     assert planned["selftest-setup"].command(env, suite_.options.run_options) == [
         "run", "--kernel", str(kut_dir / "arm" / "selftest.flat"), "--cpus", "2", "--params", "setup smp=2 mem=256",
-        "--nodefaults", "--network", "mode=none", "--loglevel", "warning", "--mem", "256", "--initrd", "/tmp/env",
+        "--nodefaults", "--network", "mode=none", "--loglevel=warning", "--mem", "256", "--initrd", "/tmp/env",
         "--no-stdin", "--wfx-trap-threshold", "0"]  # the run options last
     gic = planned["gicv2-ipi"]
     assert (gic.cpus, gic.args, gic.options) == (6, "ipi", ["--irqchip=gicv2"])
@@ -346,7 +384,7 @@ def test_a_run_reports_each_test_and_fails_on_any_fail(tmp_path):
     prepared = suite.prepare(options)
     lines: list[str] = []
     results, seconds = suite.timed(lambda: suite.run(prepared, lambda r: lines.append(r.line()),
-                                                     pyvmm=[sys.executable, str(fake)]))
+                                                     vmm=[sys.executable, str(fake)]))
     assert lines[:3] == ["PASS good (2 tests)", "SKIP skipped (2 tests)", "FAIL bad (2 tests)"]
     assert lines[3] == "FAIL hangs (timeout; duration=1)"
     assert lines[4].startswith("FAIL silent (timeout; duration=1, and the test printed nothing")
@@ -407,7 +445,7 @@ def test_list_shows_each_command_with_the_idle_options_forwarded(kut_dir):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
     assert lines[0] == (f"gicv2-ipi [gic] pyvmm run --kernel {kut_dir}/arm/gic.flat --cpus 4 --params ipi --nodefaults "
-                        f"--network mode=none --loglevel warning --irqchip=gicv2 --initrd ENVIRON --no-stdin "
+                        f"--network mode=none --loglevel=warning --irqchip=gicv2 --initrd ENVIRON --no-stdin "
                         f"--wfx-trap-threshold 0 --allow-fallback --cap-number ARM_DISABLE_EXITS=250")
     assert lines[1].startswith("timer [timer] pyvmm run") and len(lines) == 2
 
