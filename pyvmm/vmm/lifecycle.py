@@ -2,8 +2,10 @@
 
 Order for one boot: before_vcpus(vm) -> started(vmm) -> stopping(outcome) -> finished(outcome). With
 `--on-reboot restart` the first three repeat for every boot; `finished` comes once, with the final outcome, while the
-last machine still exists (its test device can be read). Handlers run on the thread that causes the event: `stopping`
-runs on whichever thread stopped the VM (a vCPU thread for the guest's own exit), the others on the runner's thread.
+last machine still exists (its test device can be read); a VM that fails before its vCPUs start gets no event after
+before_vcpus. Handlers run on the thread that causes the event: `stopping` runs on whichever thread stopped the VM (a
+vCPU thread for the guest's own exit) unless that happened before `started` was emitted, in which case it follows
+`started` on the runner's thread; the others run on the runner's thread.
 """
 
 from __future__ import annotations

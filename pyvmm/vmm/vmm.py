@@ -31,7 +31,8 @@ class Vmm:
         self.kvm: Kvm | None = None
         self.threads: list[VcpuThread] = []
         self._final: VmOutcome | None = None  # a stop that must end the VM even while it restarts on reboot
-        self._stopping_told = False  # `stopping` is emitted once per boot
+        self._started_told = False  # this boot's `started` was emitted
+        self._stopping_told = False  # this boot's `stopping` was emitted
         self._stopping_lock = threading.Lock()
 
     # -- lifecycle requests (any thread) ------------------------------------------------------------------------
@@ -39,12 +40,19 @@ class Vmm:
         if not outcome.reboot and self._final is None:
             self._final = outcome
         self.latch.set(outcome)
-        with self._stopping_lock:
-            tell, self._stopping_told = not self._stopping_told, True
-        if tell:
-            self.events.stopping.emit(self.latch.outcome or outcome)
+        self._tell_stopping()
         for thread in self.threads:
             thread.request_stop()
+
+    def _tell_stopping(self) -> None:
+        """Emit `stopping` once per boot, and never before `started` (a guest may stop before that is emitted)."""
+        with self._stopping_lock:
+            if not self._started_told or self._stopping_told:
+                return
+            self._stopping_told = True
+        outcome = self.latch.outcome
+        assert outcome is not None  # only called once the latch is set
+        self.events.stopping.emit(outcome)
 
     def pause(self) -> bool:
         return all([thread.pause() for thread in self.threads])
@@ -81,7 +89,7 @@ class Vmm:
                 elif outcome.reboot and self.spec.on_reboot == "restart":
                     self._teardown()
                     self.latch = StopLatch()
-                    self._stopping_told = False
+                    self._started_told = self._stopping_told = False
                     continue
                 self.events.finished.emit(outcome)
                 return outcome
@@ -118,6 +126,10 @@ class Vmm:
             for thread in self.threads:
                 thread.start()
             self.events.started.emit(self)
+            with self._stopping_lock:
+                self._started_told = True
+            if self.latch.is_set():
+                self._tell_stopping()  # the guest stopped while `started` was being emitted
             while not self.latch.wait(0.5):
                 if not any(t.is_alive() for t in self.threads):
                     self.latch.set(VmOutcome(ExitStatus.SOFTWARE, "every vCPU thread ended without an outcome",

@@ -46,7 +46,9 @@ class Recorder:
 
 def test_events_come_in_order_each_once_and_stopping_on_the_vcpu_that_stopped():
     recorder = Recorder()
-    result = run_vm(VmSpec(console=QUIET), extra=[recorder])
+    # The idle guest runs for a while (20 timer periods of 1 ms), so it stops the VM after `started` was emitted.
+    idle = VmSpec(kernel=pyvmm_guests.path("x86_64", "idle"), guest_args=[20, 1000], console=QUIET)
+    result = run_vm(idle, extra=[recorder])
     assert result.status == ExitStatus.OK and result.report is None
     assert [name for name, _ in recorder.events] == ["before_vcpus", "started", "stopping", "finished"]
     runner_thread = threading.current_thread().name
@@ -54,6 +56,13 @@ def test_events_come_in_order_each_once_and_stopping_on_the_vcpu_that_stopped():
     assert threads["before_vcpus"] == threads["started"] == threads["finished"] == runner_thread
     assert threads["stopping"] != runner_thread  # the guest's EXIT write stops the VM from its vCPU thread
     assert recorder.closed == 1
+
+
+def test_a_guest_that_stops_at_once_still_sees_started_before_stopping():
+    for _ in range(5):
+        recorder = Recorder()
+        assert run_vm(VmSpec(console=QUIET), extra=[recorder]).status == ExitStatus.OK  # hello: prints, exits
+        assert [name for name, _ in recorder.events] == ["before_vcpus", "started", "stopping", "finished"]
 
 
 def test_features_are_closed_when_the_vm_cannot_be_built():
