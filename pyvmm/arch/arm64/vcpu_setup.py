@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyvmm_bindings import constants as c
 
 from pyvmm.errors import KvmUnavailableError
-from pyvmm.kvm.ioctl import bindings, ioctl, new
+from pyvmm.kvm.ioctl import bindings, new
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 
@@ -14,12 +14,10 @@ MPIDR_EL1 = (c.KVM_REG_ARM64 | c.KVM_REG_SIZE_U64 | c.KVM_REG_ARM64_SYSREG
 
 
 def preferred_target(vm: Vm):
-    init = new("struct kvm_vcpu_init *")
     try:
-        ioctl(vm.fd, bindings.KVM_ARM_PREFERRED_TARGET, init)
+        return vm.arm_preferred_target()
     except OSError as err:
         raise KvmUnavailableError(f"KVM has no preferred arm64 vCPU target: {err.strerror}") from None
-    return init
 
 
 def init_vcpu(vcpu: Vcpu, target, powered_off: bool) -> None:
@@ -35,7 +33,7 @@ def init_vcpu(vcpu: Vcpu, target, powered_off: bool) -> None:
         features |= 1 << c.KVM_ARM_VCPU_POWER_OFF
     init.features[0] |= features
     try:
-        ioctl(vcpu.fd, bindings.KVM_ARM_VCPU_INIT, init)
+        vcpu.arm_vcpu_init(init)
     except OSError as err:
         raise KvmUnavailableError(f"KVM could not initialise vCPU {vcpu.index}: {err.strerror}") from None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pyvmm_bindings import constants as c
 
 from pyvmm.errors import KvmUnavailableError
-from pyvmm.kvm.ioctl import bindings, ioctl, new
 from pyvmm.kvm.vm import Vm
 
 
@@ -15,9 +14,7 @@ def create(vm: Vm) -> None:
         if not vm.check_extension(cap):
             raise KvmUnavailableError(f"this KVM lacks {name}, which pyvmm's x86_64 machine needs")
     try:
-        ioctl(vm.fd, bindings.KVM_CREATE_IRQCHIP)
-        pit = new("struct kvm_pit_config *")
-        pit.flags = c.KVM_PIT_SPEAKER_DUMMY  # the kernel answers port 0x61 too
-        ioctl(vm.fd, bindings.KVM_CREATE_PIT2, pit)
+        vm.create_irqchip()
+        vm.create_pit2(c.KVM_PIT_SPEAKER_DUMMY)  # the kernel answers port 0x61 too
     except OSError as err:
         raise KvmUnavailableError(f"KVM could not create the in-kernel PIC/IOAPIC/PIT: {err.strerror}") from None
