@@ -1,12 +1,12 @@
-"""What every architecture's machine builder receives and returns."""
+"""What every architecture's machine builder receives and returns, and the hook for the exits only one arch has."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
-from pyvmm.devices.bus import Bus
+from pyvmm.devices.manager import DeviceManager
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.testdev import TestDevice
 from pyvmm.errors import ImageError, MissingFileError
@@ -14,7 +14,9 @@ from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.spec import VmSpec
-from pyvmm.vmm.outcome import VmOutcome
+
+if TYPE_CHECKING:
+    from pyvmm.vmm.outcome import VmOutcome
 
 
 @dataclass
@@ -27,30 +29,36 @@ class MachineContext:
     before_vcpus: Callable[[Vm], None] = lambda vm: None
 
 
+@dataclass(frozen=True)
+class ArchExits:
+    """The exits only this architecture has, for one vCPU (Firecracker's `run_arch_emulation`): the vCPU loop hands
+    every exit whose reason is in `reasons` to `handle`, which returns None to go on or how the VM ended."""
+
+    reasons: frozenset[int]
+    handle: Callable[[int], VmOutcome | None]
+
+
 @dataclass
 class Machine:
     arch: str
     vm: Vm
     vcpus: list[Vcpu]
-    mmio_bus: Bus
-    pio_bus: Bus | None
+    devices: DeviceManager  # the buses, every device's placement, the virtio devices
+    arch_exits: Callable[[Vcpu], ArchExits]  # the per-vCPU handler of this arch's own exits
     uart: Serial16550
     testdev: TestDevice
-    on_system_event: Callable[[int, int], VmOutcome | None] | None = None
     dtb: bytes | None = None
     description: dict = field(default_factory=dict)  # what was loaded where, for --debug and the docs
-    virtio: Any = None  # pyvmm.devices.virtio.setup.VirtioDevices when the VM has virtio devices
     console_input: Callable[[bytes], None] | None = None  # where typed input goes; None: the UART
 
     def close(self) -> None:
-        discard(self.vm, self.vcpus, self.virtio)
-        self.virtio = None
+        discard(self.vm, self.vcpus, self.devices)
 
 
-def discard(vm: Vm, vcpus: list[Vcpu], virtio: Any = None) -> None:
+def discard(vm: Vm, vcpus: list[Vcpu], devices: DeviceManager | None = None) -> None:
     """Tear down a machine, whole or half-built: devices first (their workers use guest RAM), vCPUs, then the VM."""
-    if virtio is not None:
-        virtio.close()
+    if devices is not None:
+        devices.close()
     for vcpu in vcpus:
         vcpu.close()
     vm.close()

@@ -1,14 +1,20 @@
-"""Address buses: devices claim [base, base + size) and the run loop dispatches guest accesses to them.
+"""Address buses: devices claim [base, base + size) and guest accesses are dispatched to them.
 
-Accesses are handled as (offset within the device, size in bytes, value as an int). A lookup cache keyed by the
-exact address keeps the hot path to one dict probe; it is filled on first use and cleared on registration.
+One Bus class serves MMIO (both architectures) and port I/O (x86_64). Accesses are handled as (offset within the
+device, size in bytes, value as an int). The bus owns the lookup and the exact-address caches that keep the vCPU
+loop's hot path to one dict probe; every register/unregister clears them, so a cached entry never outlives the
+placement it was computed from.
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
+
+# Bounds on the caches: a guest sweeping addresses must not grow them without limit.
+FIND_CACHE_LIMIT = 65536
+WRITE_CACHE_LIMIT = 4096
 
 
 class Device(Protocol):
@@ -36,12 +42,18 @@ class BusRange:
         return self.base + self.size
 
 
+WriteTarget = tuple[Callable[[int, int, int], None], int]  # (the device's bound write, offset in the device)
+
+
 class Bus:
     def __init__(self, name: str) -> None:
         self.name = name
         self._ranges: list[BusRange] = []
         self._bases: list[int] = []
-        self._cache: dict[int, BusRange | None] = {}
+        self._found: dict[int, BusRange | None] = {}
+        # addr << 4 | size -> WriteTarget, for claimed writes only. The vCPU loop probes this dict itself (a method
+        # call per exit costs more than the probe): it must only ever be cleared in place, never replaced.
+        self.write_cache: dict[int, WriteTarget] = {}
 
     def register(self, base: int, size: int, device: Device) -> BusRange:
         if size <= 0:
@@ -56,8 +68,19 @@ class Bus:
         index = bisect.bisect(self._bases, base)
         self._ranges.insert(index, new)
         self._bases.insert(index, base)
-        self._cache.clear()
+        self._invalidate()
         return new
+
+    def unregister(self, device: Device) -> None:
+        """Remove every range `device` claims (hot-unplug, teardown)."""
+        keep = [r for r in self._ranges if r.device is not device]
+        self._ranges = keep
+        self._bases = [r.base for r in keep]
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._found.clear()
+        self.write_cache.clear()
 
     @property
     def ranges(self) -> list[BusRange]:
@@ -65,28 +88,31 @@ class Bus:
 
     def find(self, addr: int) -> BusRange | None:
         try:
-            return self._cache[addr]
+            return self._found[addr]
         except KeyError:
             pass
         index = bisect.bisect(self._bases, addr) - 1
         found = None
         if index >= 0 and addr < self._ranges[index].end:
             found = self._ranges[index]
-        if len(self._cache) < 65536:  # a guest sweeping addresses must not grow this without bound
-            self._cache[addr] = found
+        if len(self._found) < FIND_CACHE_LIMIT:
+            self._found[addr] = found
         return found
 
     def read(self, addr: int, size: int) -> int | None:
-        """Dispatch a read; None when no device claims the whole access."""
+        """Dispatch a read; None when no device claims the whole access (the guest then reads all-ones)."""
         hit = self.find(addr)
         if hit is None or addr + size > hit.end:
             return None
         return hit.device.read(addr - hit.base, size)
 
     def write(self, addr: int, size: int, value: int) -> bool:
-        """Dispatch a write; False when no device claims the whole access."""
+        """Dispatch a write and remember its target in `write_cache`; False when no device claims the whole access."""
         hit = self.find(addr)
         if hit is None or addr + size > hit.end:
             return False
-        hit.device.write(addr - hit.base, size, value)
+        target = (hit.device.write, addr - hit.base)
+        if len(self.write_cache) < WRITE_CACHE_LIMIT:
+            self.write_cache[addr << 4 | size] = target
+        target[0](target[1], size, value)
         return True

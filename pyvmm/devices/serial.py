@@ -10,6 +10,8 @@ import threading
 from collections import deque
 from typing import Callable
 
+from pyvmm.devices.placement import GuestIdentity
+
 # Register offsets (DLAB = 0 unless noted).
 RBR_THR = 0
 IER = 1
@@ -36,9 +38,13 @@ LSR_TEMT = 0x40
 MSR_DCD_DSR_CTS = 0xB0  # carrier, data set ready, clear to send: a cable is plugged in
 
 RX_LIMIT = 1 << 16  # bytes buffered from the host side before input is dropped
+REGISTERS = 8  # one byte each (reg-shift 0)
+CLOCK_HZ = 1_843_200  # the classic PC UART input clock: divisor 1 = 115200 baud
 
 
 class Serial16550:
+    identity = GuestIdentity("serial", ("ns16550a",), (("clock-frequency", CLOCK_HZ),))
+
     def __init__(self, output: Callable[[bytes], None], set_irq: Callable[[int], None], name: str = "uart") -> None:
         self.name = name
         self._output = output

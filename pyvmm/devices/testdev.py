@@ -9,15 +9,18 @@ import threading
 from collections import deque
 from typing import Callable, Iterable
 
+from pyvmm.devices.placement import GuestIdentity
+
 EXIT = 0x00
 SINK = 0x04
 ARG = 0x08
 DATA = 0x10
-SIZE = 0x20
+SIZE = 0x20  # the register file: what either machine maps, whatever the bus
 
 
 class TestDevice:
     name = "pyvmm-testdev"
+    identity = GuestIdentity("pyvmm-testdev", ("pyvmm,testdev",))
 
     def __init__(self, on_exit: Callable[[int], None], args: Iterable[int] = ()) -> None:
         self._on_exit = on_exit

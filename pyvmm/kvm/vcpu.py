@@ -1,15 +1,94 @@
-"""A vCPU: its fd, the shared kvm_run page (mmap'd, read through cffi) and register access."""
+"""A vCPU: its fd, the shared kvm_run page (mmap'd, decoded here) and register access."""
 
 from __future__ import annotations
 
 import errno
 import mmap
 import os
-from typing import Any
+import struct
+from functools import partial
+from typing import Any, Callable
 
 from pyvmm.errors import KvmUnavailableError
 from pyvmm.kvm.ioctl import bindings, ffi, ioctl, new
 from pyvmm.kvm.vm import Vm
+
+# kvm_run.io is {u8 direction; u8 size; u16 port; u32 count; u64 data_offset}, kvm_run.mmio is
+# {u64 phys_addr; u8 data[8]; u32 len; u8 is_write}: tests/unit/test_structure.py checks these against cffi.
+IO_EXIT = struct.Struct("<BBHIQ")
+MMIO_EXIT = struct.Struct("<Q8sIB")
+IO_OFFSET = ffi.offsetof("struct kvm_run", "io")
+MMIO_OFFSET = ffi.offsetof("struct kvm_run", "mmio")
+MMIO_DATA_OFFSET = MMIO_OFFSET + 8
+MMIO_MAX_LEN = 8
+
+
+class RunPage:
+    """The kvm_run page KVM and the vCPU thread share: the exit record decoded, the answer to a read written back.
+
+    `mmio_exit()` and `io_exit()` are struct unpacks bound to the page once (no Python frame per exit): they return
+    (phys_addr, data[8], len, is_write) and (direction, size, port, count, data_offset). Everything else reads the
+    page through cffi (`run`). Works on any writable buffer of the page's size, so tests need no /dev/kvm.
+    """
+
+    def __init__(self, buffer: Any) -> None:
+        self.buffer = buffer
+        self._cdata = ffi.from_buffer(buffer)
+        self.run = ffi.cast("struct kvm_run *", self._cdata)
+        self.mmio_exit: Callable[[], tuple[int, bytes, int, int]] = partial(MMIO_EXIT.unpack_from, buffer,
+                                                                            MMIO_OFFSET)
+        self.io_exit: Callable[[], tuple[int, int, int, int, int]] = partial(IO_EXIT.unpack_from, buffer, IO_OFFSET)
+
+    def release(self) -> None:
+        """End cffi's export of the buffer (an mmap cannot close while exported)."""
+        self.run = None
+        ffi.release(self._cdata)
+
+    @property
+    def exit_reason(self) -> int:
+        return int(self.run.exit_reason)
+
+    def set_immediate_exit(self, value: bool) -> None:
+        """Make the next (or current, once signalled) KVM_RUN return at once with EINTR."""
+        self.run.immediate_exit = int(value)
+
+    def complete_mmio_read(self, length: int, value: int | None) -> None:
+        """The value the guest's MMIO load gets; None (nobody claims the address) reads as all-ones."""
+        if not 0 < length <= MMIO_MAX_LEN:
+            return
+        data = (b"\xff" * length if value is None
+                else (value & ((1 << (8 * length)) - 1)).to_bytes(length, "little"))
+        self.buffer[MMIO_DATA_OFFSET : MMIO_DATA_OFFSET + length] = data
+
+    def io_out_values(self, size: int, count: int, data_offset: int) -> list[int]:
+        """The `count` values of a port OUT (more than one for `rep outs`)."""
+        buffer = self.buffer
+        return [int.from_bytes(buffer[at : at + size], "little")
+                for at in range(data_offset, data_offset + size * count, size)]
+
+    def complete_io_in(self, size: int, data_offset: int, values: list[int | None]) -> None:
+        """The values a port IN gets, one per repetition; None reads as all-ones."""
+        mask = (1 << (8 * size)) - 1
+        for i, value in enumerate(values):
+            at = data_offset + i * size
+            self.buffer[at : at + size] = (mask if value is None else value & mask).to_bytes(size, "little")
+
+    # -- the rarer exits ----------------------------------------------------------------------------------------
+    def system_event_type(self) -> int:
+        return int(self.run.system_event.type)
+
+    def internal_error(self) -> tuple[int, list[int]]:
+        """(suberror, data words) of KVM_EXIT_INTERNAL_ERROR."""
+        internal = self.run.internal
+        return int(internal.suberror), [int(internal.data[i]) for i in range(min(int(internal.ndata), 16))]
+
+    def fail_entry(self) -> tuple[int, int]:
+        """(hardware entry failure reason, host CPU) of KVM_EXIT_FAIL_ENTRY."""
+        fail = self.run.fail_entry
+        return int(fail.hardware_entry_failure_reason), int(fail.cpu)
+
+    def hardware_exit_reason(self) -> int:
+        return int(self.run.hw.hardware_exit_reason)
 
 
 class Vcpu:
@@ -21,23 +100,18 @@ class Vcpu:
         except OSError as err:
             raise KvmUnavailableError(f"KVM could not create vCPU {index}: {err.strerror}") from None
         size = vm.kvm.vcpu_mmap_size()
-        self.run_mmap = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._run_buffer = ffi.from_buffer(self.run_mmap)
-        self.run = ffi.cast("struct kvm_run *", self._run_buffer)
+        self._run_mmap = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.page = RunPage(self._run_mmap)
+        # KVM_RUN as a C-level partial: the vCPU loop calls it once per exit. < 0 means failed, errno in ffi.errno.
+        self.enter: Callable[[], int] = partial(bindings.lib.ioctl, self.fd, bindings.KVM_RUN, ffi.NULL)
         self.thread_id: int | None = None  # native TID once its thread runs (for CPU time and affinity)
 
     def close(self) -> None:
         if self.fd >= 0:
-            self.run = None
-            ffi.release(self._run_buffer)
-            self._run_buffer = None
-            self.run_mmap.close()
+            self.page.release()
+            self._run_mmap.close()
             os.close(self.fd)
             self.fd = -1
-
-    def request_immediate_exit(self, value: int = 1) -> None:
-        """Make the next (or current, once signalled) KVM_RUN return at once with EINTR."""
-        self.run.immediate_exit = value
 
     # -- registers ----------------------------------------------------------------------------------------------
     def get_one_reg(self, reg_id: int) -> int:

@@ -113,11 +113,8 @@ class Vmm:
             if in_main:
                 install_kick_handler()
                 self._install_signal_handlers(cleanup)
-            self.threads = [
-                VcpuThread(vcpu, machine.mmio_bus, machine.pio_bus, self.latch, self.spec.on_reboot,
-                           machine.on_system_event)
-                for vcpu in machine.vcpus
-            ]
+            self.threads = [VcpuThread(vcpu, machine.devices.mmio, machine.arch_exits(vcpu), self.latch)
+                            for vcpu in machine.vcpus]
             console_in = None
             if self.spec.console.stdin:
                 console_in = ConsoleInput(machine.console_input or machine.uart.feed, self._quit_from_console)

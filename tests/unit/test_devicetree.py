@@ -1,26 +1,45 @@
-"""The arm64 device tree pyvmm generates is accepted by dtc and describes the machine's devices."""
+"""The arm64 device tree pyvmm generates is accepted by dtc and renders the device manager's placements."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
 import pytest
 
-from pyvmm.arch.arm64 import devicetree, layout
+from pyvmm.arch.arm64 import devicetree, gic, layout
 from pyvmm.arch.arm64.gic import Gic
+from pyvmm.arch.arm64.machine import VIRTIO_SLOTS
+from pyvmm.devices import serial, testdev
+from pyvmm.devices.manager import DeviceManager
+from pyvmm.devices.virtio.config import ConsoleDeviceConfig, RngConfig
+from tests.conftest import ROOT
+from tests.unit.fakes import RecordingVm
+
+DATA = ROOT / "tests" / "unit" / "data"
 
 
 def build(version: int = 3, cpus: int = 2, initrd=(0x4800_0000, 0x4900_0000),
           bootargs: str = "console=ttyS0 rdinit=/init") -> bytes:
-    return devicetree.build(
-        mpidrs=[0x8000_0000 | i for i in range(cpus)], memory_base=layout.RAM, memory_size=256 << 20,
-        gic=Gic(version, -1, cpus), bootargs=bootargs, initrd=initrd,
-        devices=[devicetree.MmioDeviceNode("virtio_mmio", layout.VIRTIO_MMIO, layout.VIRTIO_MMIO_STRIDE,
-                                           ["virtio,mmio"], spi=layout.VIRTIO_MMIO_FIRST_SPI,
-                                           extra={"dma-coherent": True})],
-    )
+    """The arm64 machine's tree with the devices placed as its builder places them (UART, test device, 2 virtio)."""
+    vm = RecordingVm()
+    devices = DeviceManager(vm, VIRTIO_SLOTS, irq_line_arg=gic.spi_irq_line)
+    try:
+        uart = serial.Serial16550(lambda data: None, devices.irq_setter(layout.UART_SPI))
+        console = devices.add(uart, uart.identity, base=layout.UART, size=layout.UART_SIZE, irq=layout.UART_SPI)
+        test_device = testdev.TestDevice(lambda status: None)
+        devices.add(test_device, test_device.identity, base=layout.TESTDEV, size=testdev.SIZE)
+        devices.add_virtio_devices([ConsoleDeviceConfig(), RngConfig()], lambda data: None)
+        return devicetree.build(
+            mpidrs=[0x8000_0000 | i for i in range(cpus)], memory_base=layout.RAM, memory_size=256 << 20,
+            gic=Gic(version, -1, cpus), bootargs=bootargs, initrd=initrd,
+            devices=devices.placements, stdout=console,
+        )
+    finally:
+        devices.close()
+        vm.close()
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +52,18 @@ def dtc() -> str:
     return path
 
 
-@pytest.mark.parametrize("version", [3, 2])
-def test_dtc_decompiles_without_warnings(dtc, tmp_path, version):
-    blob = tmp_path / "machine.dtb"
-    blob.write_bytes(build(version))
-    result = subprocess.run([dtc, "-I", "dtb", "-O", "dts", str(blob)], capture_output=True, text=True, timeout=30)
+def decompile(dtc: str, blob: bytes, tmp_path) -> str:
+    path = tmp_path / "machine.dtb"
+    path.write_bytes(blob)
+    result = subprocess.run([dtc, "-I", "dtb", "-O", "dts", str(path)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr and "ERROR" not in result.stderr, result.stderr
-    dts = result.stdout
+    return result.stdout
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_dtc_decompiles_without_warnings(dtc, tmp_path, version):
+    dts = decompile(dtc, build(version), tmp_path)
     assert 'compatible = "arm,gic-v3"' in dts if version == 3 else 'compatible = "arm,cortex-a15-gic"' in dts
     for needle in ("cpu@0 {", "cpu@1 {", 'enable-method = "psci"', 'compatible = "arm,psci-0.2"',
                    'compatible = "arm,armv8-timer"', 'compatible = "ns16550a"', "serial@9000000",
@@ -49,6 +72,13 @@ def test_dtc_decompiles_without_warnings(dtc, tmp_path, version):
                    "virtio_mmio@a000000", "dma-coherent", "memory@40000000", "reg = <0x00 0x40000000 0x00 0x10000000>"):
         assert needle in dts, needle
 
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_the_tree_is_the_one_the_hand_written_nodes_gave(dtc, tmp_path, version):
+    """Recorded from the tree of commit 950699a (UART and test device nodes written by hand), random seeds masked.
+    One deliberate change: the test device's reg is its register file (0x20), the size both machines now map."""
+    dts = re.sub(r"(rng-seed|kaslr-seed) = <[^>]*>", r"\1 = <seed>", decompile(dtc, build(version), tmp_path))
+    assert dts == (DATA / f"arm64-devicetree-v{version}.dts").read_text()
 
 
 def test_an_empty_command_line_is_an_empty_bootargs_string():

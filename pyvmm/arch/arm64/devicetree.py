@@ -1,32 +1,20 @@
-"""The device tree pyvmm hands an arm64 guest, generated from the machine's actual devices (with `fdt`)."""
+"""The device tree pyvmm hands an arm64 guest, generated from the machine's actual devices (with `fdt`): the fixed
+parts of the board (CPUs, memory, GIC, timer, PSCI) and one node per device placement the device manager recorded."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 import fdt
 
 from pyvmm.arch.arm64 import layout
 from pyvmm.arch.arm64.gic import Gic
+from pyvmm.devices.placement import Placement
 
 GIC_PHANDLE = 1
 IRQ_TYPE_SPI = 0
 IRQ_TYPE_PPI = 1
 IRQ_LEVEL_HIGH = 4
-UART_CLOCK_HZ = 1_843_200
-
-
-@dataclass
-class MmioDeviceNode:
-    """A device on the MMIO bus that the guest must discover through the tree (virtio-mmio, ...)."""
-
-    name: str
-    base: int
-    size: int
-    compatible: list[str]
-    spi: int | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def _cells64(*values: int) -> list[int]:
@@ -43,8 +31,24 @@ def _node(name: str, *props: fdt.Property) -> fdt.Node:
     return node
 
 
+def node_path(placement: Placement) -> str:
+    return f"/{placement.identity.node}@{placement.base:x}"
+
+
+def device_node(placement: Placement) -> fdt.Node:
+    identity = placement.identity
+    props = [fdt.PropStrings("compatible", *identity.compatible),
+             fdt.PropWords("reg", *_cells64(placement.base, placement.size))]
+    if placement.irq is not None:
+        props.append(fdt.PropWords("interrupts", IRQ_TYPE_SPI, placement.irq, IRQ_LEVEL_HIGH))
+    for name, value in identity.properties:
+        props.append(fdt.Property(name) if value is True else fdt.PropWords(name, int(value)))
+    return _node(node_path(placement)[1:], *props)
+
+
 def build(*, mpidrs: list[int], memory_base: int, memory_size: int, gic: Gic, bootargs: str,
-          initrd: tuple[int, int] | None, devices: list[MmioDeviceNode]) -> bytes:
+          initrd: tuple[int, int] | None, devices: list[Placement], stdout: Placement) -> bytes:
+    """`devices`: the MMIO placements, in the order they were made; `stdout`: the console's placement."""
     tree = fdt.FDT()
     root = tree.root
     for prop in (fdt.PropStrings("compatible", "linux,dummy-virt"), fdt.PropWords("#address-cells", 2),
@@ -80,26 +84,12 @@ def build(*, mpidrs: list[int], memory_base: int, memory_size: int, gic: Gic, bo
 
     root.append(_node("psci", fdt.PropStrings("compatible", "arm,psci-0.2"), fdt.PropStrings("method", "hvc")))
 
-    uart_path = f"/serial@{layout.UART:x}"
-    root.append(_node(uart_path[1:], fdt.PropStrings("compatible", "ns16550a"),
-                      fdt.PropWords("reg", *_cells64(layout.UART, layout.UART_SIZE)),
-                      fdt.PropWords("interrupts", IRQ_TYPE_SPI, layout.UART_SPI, IRQ_LEVEL_HIGH),
-                      fdt.PropWords("clock-frequency", UART_CLOCK_HZ)))
-    root.append(_node(f"pyvmm-testdev@{layout.TESTDEV:x}", fdt.PropStrings("compatible", "pyvmm,testdev"),
-                      fdt.PropWords("reg", *_cells64(layout.TESTDEV, layout.TESTDEV_SIZE))))
-
     for device in devices:
-        props = [fdt.PropStrings("compatible", *device.compatible),
-                 fdt.PropWords("reg", *_cells64(device.base, device.size))]
-        if device.spi is not None:
-            props.append(fdt.PropWords("interrupts", IRQ_TYPE_SPI, device.spi, IRQ_LEVEL_HIGH))
-        for name, value in device.extra.items():
-            props.append(fdt.Property(name) if value is True else fdt.PropWords(name, int(value)))
-        root.append(_node(f"{device.name}@{device.base:x}", *props))
+        root.append(device_node(device))
 
     # An empty command line is an empty string (one NUL byte), which fdt's PropStrings cannot hold.
     bootargs_prop = fdt.PropStrings("bootargs", bootargs) if bootargs else fdt.PropBytes("bootargs", data=b"\0")
-    chosen = _node("chosen", bootargs_prop, fdt.PropStrings("stdout-path", uart_path),
+    chosen = _node("chosen", bootargs_prop, fdt.PropStrings("stdout-path", node_path(stdout)),
                    fdt.PropBytes("rng-seed", data=os.urandom(64)),
                    fdt.PropWords("kaslr-seed", *_cells64(int.from_bytes(os.urandom(8), "little"))))
     if initrd is not None:

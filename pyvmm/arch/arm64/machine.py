@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pyvmm.arch.arm64 import boot, devicetree, gic, image, layout, vcpu_setup
+from pyvmm.arch.arm64 import boot, devicetree, exits, gic, image, layout, vcpu_setup
 from pyvmm.arch.machine import Machine, MachineContext, discard, read_image
-from pyvmm.devices.bus import Bus
-from pyvmm.devices.serial import Serial16550
-from pyvmm.devices.testdev import TestDevice
+from pyvmm.devices import serial, testdev
+from pyvmm.devices.manager import DeviceManager, SlotWindow
 from pyvmm.errors import MissingFileError, UsageError
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 
 ARCH = "arm64"
-UART_PATH = f"/serial@{layout.UART:x}"
+VIRTIO_SLOTS = SlotWindow(layout.VIRTIO_MMIO, layout.VIRTIO_MMIO_STRIDE, layout.VIRTIO_MMIO_SLOTS,
+                          layout.VIRTIO_MMIO_FIRST_SPI)
 
 
 def guest_bootargs(user: str, exact: bool) -> str:
@@ -37,7 +37,7 @@ def build(ctx: MachineContext) -> Machine:
 
     vm = Vm(ctx.kvm)
     vcpus: list[Vcpu] = []
-    virtio = None
+    devices = None
     try:
         ctx.before_vcpus(vm)
         vm.add_ram(layout.RAM, spec.memory)
@@ -49,21 +49,12 @@ def build(ctx: MachineContext) -> Machine:
         interrupt_controller = gic.create(vm, spec.cpus, spec.irqchip)
         gic.finalize(interrupt_controller)
 
-        mmio_bus = Bus("MMIO")
-        uart_irq = gic.spi_irq_line(layout.UART_SPI)
-        uart = Serial16550(ctx.console_output, lambda level: vm.irq_line(uart_irq, level), name="ttyS0")
-        mmio_bus.register(layout.UART, layout.UART_SIZE, uart)
-        testdev = TestDevice(ctx.on_guest_exit, spec.guest_args)
-        mmio_bus.register(layout.TESTDEV, layout.TESTDEV_SIZE, testdev)
-
-        # -- virtio devices (pyvmm/devices/virtio/setup.py): slots on the MMIO bus, ioeventfd/irqfd, DT nodes --------
-        virtio_nodes: list[devicetree.MmioDeviceNode] = []
-        if spec.devices:
-            from pyvmm.devices.virtio import setup as virtio_setup
-
-            virtio = virtio_setup.attach_arm64(vm, mmio_bus, spec.devices, ctx.console_output)
-            virtio_nodes = virtio.device_nodes()
-        # -- end of virtio devices ---------------------------------------------------------------------------------
+        devices = DeviceManager(vm, VIRTIO_SLOTS, irq_line_arg=gic.spi_irq_line)
+        uart = serial.Serial16550(ctx.console_output, devices.irq_setter(layout.UART_SPI), name="ttyS0")
+        console = devices.add(uart, uart.identity, base=layout.UART, size=layout.UART_SIZE, irq=layout.UART_SPI)
+        test_device = testdev.TestDevice(ctx.on_guest_exit, spec.guest_args)
+        devices.add(test_device, test_device.identity, base=layout.TESTDEV, size=testdev.SIZE)
+        devices.add_virtio_devices(spec.devices, ctx.console_output)
 
         vm.memory.write(placement.kernel, kernel.data)
         initrd_range = None
@@ -73,8 +64,7 @@ def build(ctx: MachineContext) -> Machine:
         dtb = devicetree.build(
             mpidrs=[vcpu_setup.mpidr(v) for v in vcpus], memory_base=layout.RAM, memory_size=spec.memory,
             gic=interrupt_controller, bootargs=guest_bootargs(spec.cmdline, exact=kernel.raw or spec.nodefaults),
-            initrd=initrd_range,
-            devices=virtio_nodes,
+            initrd=initrd_range, devices=devices.placements, stdout=console,
         )
         if len(dtb) > layout.DTB_MAX_SIZE:
             raise UsageError(f"the generated device tree is {len(dtb)} bytes, over the 2 MiB the boot protocol allows: "
@@ -87,11 +77,11 @@ def build(ctx: MachineContext) -> Machine:
                 raise MissingFileError(f"cannot write --dump-dtb {spec.dtb_dump}: {err.strerror}") from None
         vcpu_setup.set_boot_registers(vcpus[0], placement.kernel, placement.dtb)
     except BaseException:
-        discard(vm, vcpus, virtio)
+        discard(vm, vcpus, devices)
         raise
     return Machine(
-        arch=ARCH, vm=vm, vcpus=vcpus, mmio_bus=mmio_bus, pio_bus=None, uart=uart, testdev=testdev, dtb=dtb,
-        virtio=virtio, console_input=virtio.console_input() if virtio is not None else None,
+        arch=ARCH, vm=vm, vcpus=vcpus, devices=devices, arch_exits=exits.exits, uart=uart, testdev=test_device,
+        dtb=dtb, console_input=devices.console_input(),
         description={"kernel": str(path), "kernel_address": placement.kernel, "dtb_address": placement.dtb,
                      "initrd_address": placement.initrd, "gic": f"v{interrupt_controller.version}"},
     )

@@ -17,3 +17,10 @@ COM1_IRQ = 4
 TESTDEV_PORT = 0x500
 
 MMIO_START = 0xD000_0000  # virtio-mmio and other MMIO devices go here
+
+# virtio-mmio slots: VIRTIO_MMIO + n * VIRTIO_MMIO_STRIDE, IOAPIC GSI VIRTIO_MMIO_FIRST_GSI + n. A Linux guest finds
+# them through `virtio_mmio.device=<size>@<base>:<gsi>` on its command line (machine.kernel_params).
+VIRTIO_MMIO = MMIO_START
+VIRTIO_MMIO_STRIDE = 0x200
+VIRTIO_MMIO_SLOTS = 8
+VIRTIO_MMIO_FIRST_GSI = 16  # IOAPIC pins 16-23: unused by the legacy ISA devices

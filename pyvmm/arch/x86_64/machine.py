@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from pyvmm.arch.machine import Machine, MachineContext, discard, read_image
-from pyvmm.arch.x86_64 import boot, cpuid, irqchip, layout
-from pyvmm.devices.bus import Bus
-from pyvmm.devices.serial import Serial16550
-from pyvmm.devices.testdev import SIZE as TESTDEV_SIZE
-from pyvmm.devices.testdev import TestDevice
+from pyvmm.arch.x86_64 import boot, cpuid, exits, irqchip, layout
+from pyvmm.devices import serial, testdev
+from pyvmm.devices.manager import DeviceManager, SlotWindow
+from pyvmm.devices.placement import BUS_MMIO, BUS_PIO, Placement
 from pyvmm.errors import KvmUnavailableError
-from pyvmm.kvm.ioctl import bindings, ioctl, new
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 
 ARCH = "x86_64"
+VIRTIO_SLOTS = SlotWindow(layout.VIRTIO_MMIO, layout.VIRTIO_MMIO_STRIDE, layout.VIRTIO_MMIO_SLOTS,
+                          layout.VIRTIO_MMIO_FIRST_GSI)
 
 
 def _add_ram(vm: Vm, size: int) -> None:
@@ -25,10 +27,17 @@ def _add_ram(vm: Vm, size: int) -> None:
 
 def _set_system_pages(vm: Vm) -> None:
     try:
-        ioctl(vm.fd, bindings.KVM_SET_TSS_ADDR, layout.TSS_ADDR)
-        ioctl(vm.fd, bindings.KVM_SET_IDENTITY_MAP_ADDR, new("uint64_t *", layout.IDENTITY_MAP_ADDR))
+        vm.set_tss_addr(layout.TSS_ADDR)
+        vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
     except OSError as err:
         raise KvmUnavailableError(f"KVM refused the TSS/identity-map pages: {err.strerror}") from None
+
+
+def kernel_params(placements: list[Placement]) -> list[str]:
+    """The `virtio_mmio.device=<size>@<base>:<gsi>` parameters a Linux guest needs to find the virtio slots (no
+    Linux boots on x86_64 here yet: the machine description lists them)."""
+    return [f"virtio_mmio.device={p.size:#x}@{p.base:#x}:{p.irq}" for p in placements
+            if p.bus == BUS_MMIO and "virtio,mmio" in p.identity.compatible]
 
 
 def build(ctx: MachineContext) -> Machine:
@@ -45,28 +54,20 @@ def build(ctx: MachineContext) -> Machine:
 
     vm = Vm(ctx.kvm)
     vcpus: list[Vcpu] = []
-    virtio = None
+    devices = None
     try:
         _set_system_pages(vm)
         irqchip.create(vm)
         ctx.before_vcpus(vm)
         _add_ram(vm, spec.memory)
 
-        pio_bus = Bus("port I/O")
-        mmio_bus = Bus("MMIO")
-        uart = Serial16550(ctx.console_output, lambda level: vm.irq_line(layout.COM1_IRQ, level), name="COM1")
-        pio_bus.register(layout.COM1_PORT, 8, uart)
-        testdev = TestDevice(ctx.on_guest_exit, spec.guest_args)
-        pio_bus.register(layout.TESTDEV_PORT, TESTDEV_SIZE, testdev)
-
-        # -- virtio devices (pyvmm/devices/virtio/setup.py): virtio-mmio slots from layout.MMIO_START, IOAPIC GSIs
-        # 16 + n. A Linux guest finds them through `virtio_mmio.device=0x200@<base>:<gsi>` on its command line
-        # (VirtioDevices.kernel_params()); no Linux boots on x86_64 here, so nothing adds them automatically yet.
-        if spec.devices:
-            from pyvmm.devices.virtio import setup as virtio_setup
-
-            virtio = virtio_setup.attach_x86_64(vm, mmio_bus, spec.devices, ctx.console_output)
-        # -- end of virtio devices ---------------------------------------------------------------------------------
+        devices = DeviceManager(vm, VIRTIO_SLOTS, irq_line_arg=lambda irq: irq)  # ISA IRQs and GSIs are pins
+        uart = serial.Serial16550(ctx.console_output, devices.irq_setter(layout.COM1_IRQ), name="COM1")
+        devices.add(uart, uart.identity, base=layout.COM1_PORT, size=serial.REGISTERS, irq=layout.COM1_IRQ,
+                    bus=BUS_PIO)
+        test_device = testdev.TestDevice(ctx.on_guest_exit, spec.guest_args)
+        devices.add(test_device, test_device.identity, base=layout.TESTDEV_PORT, size=testdev.SIZE, bus=BUS_PIO)
+        devices.add_virtio_devices(spec.devices, ctx.console_output)
 
         load_addr = boot.load_payload(vm, payload)
         for index in range(spec.cpus):
@@ -76,10 +77,12 @@ def build(ctx: MachineContext) -> Machine:
         # vCPU 0 is the bootstrap processor; the others wait for INIT/SIPI in the in-kernel LAPIC.
         boot.set_real_mode_entry(vcpus[0])
     except BaseException:
-        discard(vm, vcpus, virtio)
+        discard(vm, vcpus, devices)
         raise
+    description = {"payload": str(path), "load_address": load_addr, "entry": "real mode 1000:0000"}
+    if params := kernel_params(devices.placements):
+        description["kernel_params"] = " ".join(params)
     return Machine(
-        arch=ARCH, vm=vm, vcpus=vcpus, mmio_bus=mmio_bus, pio_bus=pio_bus, uart=uart, testdev=testdev,
-        virtio=virtio, console_input=virtio.console_input() if virtio is not None else None,
-        description={"payload": str(path), "load_address": load_addr, "entry": "real mode 1000:0000"},
+        arch=ARCH, vm=vm, vcpus=vcpus, devices=devices, arch_exits=partial(exits.exits, pio_bus=devices.pio),
+        uart=uart, testdev=test_device, console_input=devices.console_input(), description=description,
     )
