@@ -16,18 +16,21 @@ from pyvmm.kvm.vm import Vm
 # kvm_run.io is {u8 direction; u8 size; u16 port; u32 count; u64 data_offset}, kvm_run.mmio is
 # {u64 phys_addr; u8 data[8]; u32 len; u8 is_write}: tests/unit/test_structure.py checks these against cffi.
 IO_EXIT = struct.Struct("<BBHIQ")
-MMIO_EXIT = struct.Struct("<Q8sIB")
+MMIO_EXIT = struct.Struct("<QQIB")  # data read as one little-endian u64: mask it to `len` bytes (VALUE_MASK)
 IO_OFFSET = ffi.offsetof("struct kvm_run", "io")
 MMIO_OFFSET = ffi.offsetof("struct kvm_run", "mmio")
 MMIO_DATA_OFFSET = MMIO_OFFSET + 8
 MMIO_MAX_LEN = 8
+VALUE_MASK = [(1 << (8 * n)) - 1 for n in range(MMIO_MAX_LEN + 1)]  # by access size in bytes
+# Little-endian unpack of a 1/2/4/8-byte value at an offset of the page: cheaper than slicing + int.from_bytes.
+UNPACK_VALUE = {size: struct.Struct(f"<{code}").unpack_from for size, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))}
 
 
 class RunPage:
     """The kvm_run page KVM and the vCPU thread share: the exit record decoded, the answer to a read written back.
 
     `mmio_exit()` and `io_exit()` are struct unpacks bound to the page once (no Python frame per exit): they return
-    (phys_addr, data[8], len, is_write) and (direction, size, port, count, data_offset). Everything else reads the
+    (phys_addr, data as a u64, len, is_write) and (direction, size, port, count, data_offset). Everything else reads the
     page through cffi (`run`). Works on any writable buffer of the page's size, so tests need no /dev/kvm.
     """
 
@@ -35,8 +38,7 @@ class RunPage:
         self.buffer = buffer
         self._cdata = ffi.from_buffer(buffer)
         self.run = ffi.cast("struct kvm_run *", self._cdata)
-        self.mmio_exit: Callable[[], tuple[int, bytes, int, int]] = partial(MMIO_EXIT.unpack_from, buffer,
-                                                                            MMIO_OFFSET)
+        self.mmio_exit: Callable[[], tuple[int, int, int, int]] = partial(MMIO_EXIT.unpack_from, buffer, MMIO_OFFSET)
         self.io_exit: Callable[[], tuple[int, int, int, int, int]] = partial(IO_EXIT.unpack_from, buffer, IO_OFFSET)
 
     def release(self) -> None:

@@ -23,6 +23,7 @@ from pyvmm_bindings import constants as c
 
 from pyvmm.errors import ExitStatus
 from pyvmm.kvm.ioctl import ffi
+from pyvmm.kvm.vcpu import VALUE_MASK
 from pyvmm.vmm.outcome import StopLatch, VmOutcome
 
 if TYPE_CHECKING:
@@ -125,24 +126,24 @@ class VcpuThread(threading.Thread):
         mmio_writes = self.mmio_bus.write_cache  # the bus clears it in place on every register/unregister
         arch_reasons = self.arch_exits.reasons
         arch_exit = self.arch_exits.handle
-        from_bytes = int.from_bytes
+        mask = VALUE_MASK
         EXIT_MMIO = c.KVM_EXIT_MMIO
 
-        while True:
+        outcome: VmOutcome | None = None  # set by an exit that ends the VM
+        while outcome is None and not self._stop_requested:
             if enter() < 0:
                 if self._run_failed(ffi.errno):
                     break
                 continue
             reason = run.exit_reason
-            outcome = None
             if reason == EXIT_MMIO:
-                addr, raw, length, is_write = mmio_exit()
+                addr, data, length, is_write = mmio_exit()
                 if not is_write:
                     complete_read(length, mmio_read(addr, length))
                 elif (target := mmio_writes.get(addr << 4 | length)) is not None:
-                    target[0](target[1], length, from_bytes(raw[:length], "little"))
+                    target[0](target[1], length, data & mask[length])
                 else:
-                    mmio_write(addr, length, from_bytes(raw[:length], "little"))
+                    mmio_write(addr, length, data & mask[length])
             elif reason in arch_reasons:
                 outcome = arch_exit(reason)
             elif reason == c.KVM_EXIT_SYSTEM_EVENT:
@@ -150,7 +151,7 @@ class VcpuThread(threading.Thread):
             elif reason == c.KVM_EXIT_HLT:
                 outcome = _error(f"vCPU {vcpu.index} halted (HLT) and nothing can wake it")
             elif reason == c.KVM_EXIT_INTR:
-                pass  # a signal arrived just as KVM_RUN returned: the stop/pause check below sees it
+                pass  # a signal arrived as KVM_RUN returned: the loop's stop check (or the next EINTR) sees it
             elif reason == c.KVM_EXIT_INTERNAL_ERROR:
                 outcome = self._internal_error()
             elif reason == c.KVM_EXIT_FAIL_ENTRY:
@@ -161,11 +162,8 @@ class VcpuThread(threading.Thread):
             else:
                 outcome = _error(f"vCPU {vcpu.index} stopped on an exit pyvmm does not handle: "
                                  f"{c.exit_reason_name(reason)} ({reason})")
-            if outcome is not None:
-                self.latch.set(outcome)
-                break
-            if self._stop_requested:
-                break
+        if outcome is not None:
+            self.latch.set(outcome)
 
     def _run_failed(self, err: int) -> bool:
         """KVM_RUN returned an error: True to leave the loop. EINTR/EAGAIN is a kick: stop, or park while paused."""

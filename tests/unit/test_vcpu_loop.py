@@ -78,8 +78,7 @@ def mmio(addr: int, length: int, value: int | None = None) -> Step:
 
     def step(vcpu: ScriptedVcpu) -> int:
         vcpu.page.run.exit_reason = c.KVM_EXIT_MMIO
-        data = (value or 0).to_bytes(8, "little")
-        MMIO_EXIT.pack_into(vcpu.page.buffer, MMIO_OFFSET, addr, data, length, int(value is not None))
+        MMIO_EXIT.pack_into(vcpu.page.buffer, MMIO_OFFSET, addr, value or 0, length, int(value is not None))
         return 0
 
     return step
@@ -138,9 +137,9 @@ def run_loop(steps: list[Step], mmio_bus: Bus | None = None, pio_bus: Bus | None
 def test_mmio_writes_reach_the_device_and_repeat_through_the_bus_cache():
     bus, device = Bus("MMIO"), Recorder()
     bus.register(0x1000, 0x100, device)
-    outcome, _, _ = run_loop([mmio(0x1010, 4, 0xAABBCCDD), mmio(0x1010, 4, 0x11), mmio(0x1012, 2, 0x22), POWER_OFF],
-                             mmio_bus=bus)
-    assert device.writes == [(0x10, 4, 0xAABBCCDD), (0x10, 4, 0x11), (0x12, 2, 0x22)]
+    writes = [mmio(0x1010, 4, 0xAABBCCDD), mmio(0x1010, 4, 0x11), mmio(0x1012, 2, 0xDEAD_0022)]
+    outcome, _, _ = run_loop([*writes, POWER_OFF], mmio_bus=bus)
+    assert device.writes == [(0x10, 4, 0xAABBCCDD), (0x10, 4, 0x11), (0x12, 2, 0x22)]  # masked to the access size
     assert set(bus.write_cache) == {0x1010 << 4 | 4, 0x1012 << 4 | 2}
     assert outcome.status == ExitStatus.OK and outcome.reason == "the guest powered off"
 

@@ -8,7 +8,7 @@ from pyvmm_bindings import constants as c
 from pyvmm.arch.machine import ArchExits
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import ExitStatus
-from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vcpu import UNPACK_VALUE, Vcpu
 from pyvmm.vmm.outcome import VmOutcome
 
 
@@ -20,7 +20,7 @@ def exits(vcpu: Vcpu, pio_bus: Bus) -> ArchExits:
     write = pio_bus.write
     read = pio_bus.read
     buffer = page.buffer
-    from_bytes = int.from_bytes
+    unpack_value = UNPACK_VALUE
     EXIT_IO = c.KVM_EXIT_IO
     IO_OUT = c.KVM_EXIT_IO_OUT
 
@@ -29,12 +29,11 @@ def exits(vcpu: Vcpu, pio_bus: Bus) -> ArchExits:
             direction, size, port, count, data = io_exit()
             if direction == IO_OUT:
                 if count == 1:
-                    value = from_bytes(buffer[data : data + size], "little")
                     target = out_cache.get(port << 4 | size)
                     if target is not None:
-                        target[0](target[1], size, value)
+                        target[0](target[1], size, unpack_value[size](buffer, data)[0])
                     else:
-                        write(port, size, value)
+                        write(port, size, unpack_value[size](buffer, data)[0])
                 else:  # rep outs
                     for value in page.io_out_values(size, count, data):
                         write(port, size, value)
