@@ -128,7 +128,8 @@ class DeviceManager:
             try:
                 return IrqfdInterrupt(self.vm, irq)
             except OSError as err:
-                logging.getLogger(__name__).info("KVM_IRQFD with resample refused (%s): using KVM_IRQ_LINE", err.strerror)
+                logging.getLogger(__name__).info("KVM_IRQFD with resample refused (%s): using KVM_IRQ_LINE",
+                                                 err.strerror)
         return LineInterrupt(self.irq_setter(irq))
 
     def _serve(self, slot: VirtioSlot) -> None:
