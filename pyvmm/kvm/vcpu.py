@@ -46,10 +46,6 @@ class RunPage:
         self.run = None
         ffi.release(self._cdata)
 
-    @property
-    def exit_reason(self) -> int:
-        return int(self.run.exit_reason)
-
     def set_immediate_exit(self, value: bool) -> None:
         """Make the next (or current, once signalled) KVM_RUN return at once with EINTR."""
         self.run.immediate_exit = int(value)
