@@ -84,3 +84,16 @@ def test_more_devices_than_slots_is_a_usage_error(vm):
 def test_a_window_with_slots_smaller_than_a_transport_is_refused(vm):
     with pytest.raises(ValueError, match="stride"):
         DeviceManager(vm, SlotWindow(0xD000_0000, 0x100, 4, 16), irq_line_arg=lambda irq: irq)
+
+
+def test_with_resampling_the_interrupt_is_an_irqfd_assigned_and_deassigned_through_the_vm():
+    vm = RecordingVm(resample=True)
+    devices = DeviceManager(vm, arm64_machine.VIRTIO_SLOTS, irq_line_arg=gic.spi_irq_line)
+    try:
+        devices.add_virtio_devices([RngConfig()], lambda data: None)
+        first_spi = arm64_machine.VIRTIO_SLOTS.first_irq
+        assert [call for call in vm.calls if call[0] == "irqfd"] == [("irqfd", first_spi, False, True)]
+    finally:
+        devices.close()
+        vm.close()
+    assert vm.calls[-1] == ("irqfd", first_spi, True, False)
