@@ -8,7 +8,7 @@ import socket
 import time
 from typing import Any
 
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import ExitStatus, PyvmmError
 
 # A busy server's listen backlog fills (EAGAIN) and a server that is just starting or stopping refuses
 # (ECONNREFUSED): both pass within moments, so connecting retries for this long before giving up.
@@ -19,13 +19,16 @@ _TRANSIENT = (errno.EAGAIN, errno.ECONNREFUSED)
 class ApiError(PyvmmError):
     """The control socket cannot be reached or answered nonsense."""
 
-    exit_status = 69
+    exit_status = ExitStatus.UNAVAILABLE
 
 
 class RefusedError(PyvmmError):
-    """The VM refused the request (reply ok=false); the VM is unchanged."""
+    """The VM refused the request (reply ok=false); the VM is unchanged. The status is the reply's: 64 for a request
+    that cannot work, 69 for a change KVM or the kernel refuses."""
 
-    exit_status = 65
+    def __init__(self, message: str, status: int = ExitStatus.UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.exit_status = status
 
 
 class Client:
@@ -53,7 +56,9 @@ class Client:
         """The result, or RefusedError with the VM's one-line reason."""
         reply = self.call(cmd, **args)
         if not reply.get("ok"):
-            raise RefusedError(f"{cmd} refused: {reply.get('error', 'no reason given')}")
+            status = reply.get("status")
+            raise RefusedError(f"{cmd} refused: {reply.get('error', 'no reason given')}",
+                               status if isinstance(status, int) and 0 < status < 256 else ExitStatus.UNAVAILABLE)
         return reply.get("result")
 
     def close(self) -> None:

@@ -96,7 +96,7 @@ def dispatch(req: Any, controller: "IdleController", vmm: "Vmm") -> dict:
                                                      for t in vmm.threads]}}
         if cmd == "pause":
             if not vmm.pause():
-                return {"ok": False, "error": "not every vCPU could be paused (some have stopped)"}
+                return refusal("not every vCPU could be paused (some have stopped)", ExitStatus.SOFTWARE)
             return {"ok": True, "result": {"state": "paused"}}
         if cmd == "resume":
             vmm.resume()
@@ -107,9 +107,23 @@ def dispatch(req: Any, controller: "IdleController", vmm: "Vmm") -> dict:
             return {"ok": True, "result": {"state": "stopping"}}
         raise RequestError(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")
     except (RequestError, IdlePolicyError, PolicyParseError, PyvmmError) as err:
-        return {"ok": False, "error": str(err)}
+        return refusal(str(err), refusal_status(err))
     except OSError as err:  # e.g. sched_setaffinity refused
-        return {"ok": False, "error": f"{err.strerror or err}"}
+        return refusal(f"{err.strerror or err}", ExitStatus.OS_ERR)
+
+
+def refusal(error: str, status: ExitStatus = ExitStatus.USAGE) -> dict:
+    """A refused request's reply; `status` is the exit status `pyvmm ctl` gives for it (README's table)."""
+    return {"ok": False, "error": error, "status": int(status)}
+
+
+def refusal_status(err: Exception) -> ExitStatus:
+    """64 for a request that cannot work (bad value, unknown vCPU); 69 when KVM or the kernel refuses the change."""
+    if isinstance(err, PyvmmError):
+        return ExitStatus(err.exit_status)
+    if isinstance(err, IdlePolicyError):
+        return ExitStatus.UNAVAILABLE
+    return ExitStatus.USAGE
 
 
 def encode(obj: dict) -> bytes:

@@ -47,7 +47,8 @@ def policy(path: str, as_json: bool) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the resulting policy as JSON.")
 @click.pass_obj
 def set_(path: str, wfx_trap_threshold, halt_poll_ns, wfx_passthrough, as_json: bool) -> int:
-    """Change idle settings of the running VM; a refused change leaves the VM unchanged (exit status 65)."""
+    """Change idle settings of the running VM. A refused change leaves the VM unchanged: status 64 for a value that
+    cannot work, 69 when KVM or this architecture cannot apply it."""
     args: dict = {}
     if wfx_trap_threshold is not None:
         args["wfx_trap_threshold"] = wfx_trap_threshold

@@ -19,12 +19,33 @@ def default_device() -> str:
     return os.environ.get(DEVICE_ENV) or DEFAULT_DEVICE
 
 
-def _permission_hint(path: str) -> str:
+def permission_advice(path: str) -> str:
+    """What to do about EACCES on `path`, from its real owner, group and mode: join a group only when that group
+    may read and write it; otherwise an ACL for this user, or a udev rule that gives the node to the kvm group."""
+    import pwd
+
     try:
-        group = grp.getgrgid(os.stat(path).st_gid).gr_name
-    except (KeyError, OSError):
+        st = os.stat(path)
+    except OSError:
         return f"ask an administrator for read/write access to {path}"
-    return f"add your user to the '{group}' group (sudo usermod -aG {group} $USER, then log in again)"
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    mode = st.st_mode & 0o777
+    found = f"{path} is {owner}:{group} mode {mode:04o}"
+    if mode & 0o060 == 0o060 and st.st_gid != 0:
+        if st.st_gid in os.getgroups():
+            return f"{found}; you are in '{group}' but this session is not yet: log in again (or run `newgrp {group}`)"
+        return f"{found}: add your user to the '{group}' group (sudo usermod -aG {group} $USER, then log in again)"
+    return (f"{found}, which its group may not use: grant yourself access with `sudo setfacl -m u:$USER:rw {path}` "
+            f"(until the next boot), or for good with a udev rule such as "
+            f"KERNEL==\"kvm\", GROUP=\"kvm\", MODE=\"0660\" in /etc/udev/rules.d/65-kvm.rules and membership of "
+            f"the kvm group")
 
 
 @dataclass
@@ -45,7 +66,7 @@ class Kvm:
                 f"with KVM) or enable virtualization in the firmware"
             ) from None
         except PermissionError:
-            raise KvmPermissionError(f"no permission to open {path}: {_permission_hint(path)}") from None
+            raise KvmPermissionError(f"no permission to open {path}: {permission_advice(path)}") from None
         except OSError as err:
             raise KvmUnavailableError(f"cannot open {path}: {err.strerror}") from None
         kvm = cls(fd, path)

@@ -87,7 +87,9 @@ def check_host(machine: str | None = None, kvm: str = "/dev/kvm") -> None:
     try:
         os.close(os.open(kvm, os.O_RDWR))
     except PermissionError:
-        raise KvmPermissionError(f"{kvm}: permission denied: add yourself to the kvm group") from None
+        from pyvmm.kvm.system import permission_advice
+
+        raise KvmPermissionError(f"no permission to open {kvm}: {permission_advice(kvm)}") from None
     except OSError as err:
         raise KvmUnavailableError(f"{kvm} is not usable ({err.strerror}): this host has no KVM") from None
 

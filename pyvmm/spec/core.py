@@ -38,6 +38,15 @@ def parse_size(text: str) -> int:
     return int(number) * _SIZE_UNITS[unit.lower()]
 
 
+def format_size(size: int) -> str:
+    """Bytes in the largest unit that holds them exactly, as a user writes them: 100000G stays 100000G, not
+    102400000M (parse_size's inverse for every size it produces)."""
+    for suffix, unit in (("T", 1 << 40), ("G", GIB), ("M", MIB), ("K", 1 << 10)):
+        if size and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return f"{size} bytes"
+
+
 def host_memory_bytes() -> int:
     """MemTotal of the host, the ceiling for a guest's RAM."""
     with open("/proc/meminfo", encoding="ascii") as meminfo:
@@ -135,11 +144,11 @@ class VmSpec:
         if self.cpus > MAX_CPUS:
             raise UsageError(f"--cpus {self.cpus} is absurd for pyvmm: at most {MAX_CPUS} (and KVM's own limit)")
         if self.memory < MIN_MEMORY:
-            raise UsageError(f"--memory {self.memory // MIB}M is too small: at least {MIN_MEMORY // MIB}M")
+            raise UsageError(f"--memory {format_size(self.memory)} is too small: at least {format_size(MIN_MEMORY)}")
         host = host_memory_bytes()
         if self.memory > host:
             raise UsageError(
-                f"--memory {self.memory // MIB}M is more than this host has ({host // MIB}M): ask for less"
+                f"--memory {format_size(self.memory)} is more than this host has ({host // MIB}M): ask for less"
             )
         if self.on_reboot not in ("exit", "restart"):
             raise UsageError(f"--on-reboot must be exit or restart (got {self.on_reboot!r})")

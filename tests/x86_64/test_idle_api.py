@@ -93,7 +93,7 @@ def test_ctl_cli(live_vm):
     r = run_pyvmm("ctl", str(sock), "set", "--halt-poll-ns", "0", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["halt_poll_ns"] == 0
     r = run_pyvmm("ctl", str(sock), "set", "--wfx-trap-threshold", "1")
-    assert r.returncode == 65 and r.stderr.decode().count("\n") == 1 and b"arm64-only" in r.stderr
+    assert r.returncode == 69 and r.stderr.decode().count("\n") == 1 and b"arm64-only" in r.stderr
     r = run_pyvmm("ctl", str(sock), "stats", "--interval", "0.5")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.decode().splitlines()
