@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Protocol, Sequence, TypeVar
 
 from pyvmm.arch.machine import Machine
 from pyvmm.errors import MissingFileError
@@ -22,6 +22,13 @@ from pyvmm.vmm.console import ConsoleOutput
 from pyvmm.vmm.lifecycle import Feature
 from pyvmm.vmm.outcome import FinalStatus, VmOutcome, final_status
 from pyvmm.vmm.vmm import Vmm
+
+
+class _HasClose(Protocol):
+    def close(self) -> None: ...
+
+
+Closable = TypeVar("Closable", bound=_HasClose)
 
 
 @dataclass(frozen=True)
@@ -48,23 +55,28 @@ class VmRun:
         self._resources = ExitStack()
         try:
             log = self._open_log()
-            self.idle = IdleFeature(spec.idle) if spec.idle.active else None
-            self.checks = ConsoleChecks(spec.testing) if spec.testing.active else None
-            features: list[Feature] = [f for f in (self.idle, self.checks) if f is not None] + list(extra)
             boot = spec
+            features: list[Feature] = []
             if spec.testing.command:
-                initramfs = CommandInitramfs(spec)
+                initramfs = self._own(CommandInitramfs(spec))
                 features.append(initramfs)
-                self._resources.callback(initramfs.close)  # even if a later feature fails to set up
                 boot = initramfs.boot_spec(spec)
-            self.vmm = Vmm(boot, ConsoleOutput(log=log, echo=spec.console.echo))
-            self._resources.callback(self.vmm.close)
+            self.vmm = self._own(Vmm(boot, ConsoleOutput(log=log, echo=spec.console.echo)))
+            # Made after the Vmm, so closed before it: they use its machine until they are closed.
+            self.idle = self._own(IdleFeature(spec.idle)) if spec.idle.active else None
+            self.checks = self._own(ConsoleChecks(spec.testing)) if spec.testing.active else None
+            features += [f for f in (self.idle, self.checks) if f is not None]
+            features += [self._own(f) for f in extra]
             for feature in features:
-                self._resources.callback(feature.close)  # closed before the Vmm: they use its machine
                 feature.subscribe(self.vmm)
         except BaseException:
             self.close()
             raise
+
+    def _own(self, resource: Closable) -> Closable:
+        """Close `resource` when the run ends (in the reverse order of ownership)."""
+        self._resources.callback(resource.close)
+        return resource
 
     def _open_log(self) -> BinaryIO | None:
         path = self.spec.console.log_path
@@ -74,8 +86,7 @@ class VmRun:
             log = open(path, "ab")
         except OSError as err:
             raise MissingFileError(f"cannot open console log {path}: {err.strerror}") from None
-        self._resources.callback(log.close)
-        return log
+        return self._own(log)
 
     def build(self) -> Machine:
         return self.vmm.build()
