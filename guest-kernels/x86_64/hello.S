@@ -13,17 +13,7 @@ done:
 	xor	%al, %al
 	guest_exit
 
-/* Transmit %al once the holding register is empty. Clobbers %dx. */
-putc:
-	push	%ax
-	mov	$COM1_LSR, %dx
-1:	inb	%dx, %al
-	test	$LSR_THRE, %al
-	jz	1b
-	pop	%ax
-	mov	$COM1, %dx
-	outb	%al, %dx
-	ret
+	uart_putc
 
 	.section .rodata
 greeting:

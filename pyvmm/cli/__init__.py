@@ -16,6 +16,7 @@ class LazyGroup(click.Group):
         "run": ("pyvmm.cli.run", "run"),
         "probe": ("pyvmm.cli.probe", "probe"),
         "ctl": ("pyvmm.cli.ctl", "ctl"),
+        "guests": ("pyvmm.cli.guests", "guests"),
         "bench": ("pyvmm.cli.bench", "bench"),
         "initramfs": ("pyvmm.cli.initramfs", "initramfs"),
         "kvm-unit-tests": ("pyvmm.cli.kvm_unit_tests", "kvm_unit_tests"),

@@ -29,9 +29,10 @@ class SizeParam(click.ParamType):
 
 @click.command()
 @click.option("-k", "--kernel", type=click.Path(path_type=Path, dir_okay=False),
-              help="Guest to boot: an arm64 Linux Image (or Image.gz), or a flat bare-metal payload (arm64: a raw "
-                   "binary such as a kvm-unit-tests .flat, at RAM + 0x80000; x86_64: real mode at 0x1000:0000). "
-                   "Default: the bundled `hello` guest for this host's architecture.")
+              help="Guest to boot: a bundled guest by name (hello, exits, idle, hostile: see `pyvmm guests`; a file "
+                   "of that name in the current directory wins, write ./NAME to be explicit), an arm64 Linux Image "
+                   "(or Image.gz), or a flat bare-metal payload (arm64: a raw binary such as a kvm-unit-tests .flat, "
+                   "at RAM + 0x80000; x86_64: real mode at 0x1000:0000). Default: hello.")
 @click.option("-i", "--initrd", type=click.Path(path_type=Path, dir_okay=False),
               help="Initial ramdisk for a Linux kernel, or a raw binary's data (arm64), e.g. kvm-unit-tests' environ.")
 @click.option("-p", "--cmdline", "--params", "cmdline", default="", show_default=True,

@@ -101,7 +101,7 @@ class TestingSpec:
 class VmSpec:
     """Everything needed to build and run one VM."""
 
-    kernel: Path | None = None  # None: the bundled `hello` guest for the host's architecture
+    kernel: Path | None = None  # None: the bundled `hello` guest; a bundled guest's name (idle) unless such a file exists
     initrd: Path | None = None
     cmdline: str = ""
     memory: int = 256 * MIB
@@ -129,6 +129,10 @@ class VmSpec:
             from pyvmm.arch import host_arch
 
             self.arch = host_arch()
+        if self.kernel is not None:
+            import pyvmm_guests
+
+            self.kernel = pyvmm_guests.resolve(self.kernel, self.arch)
         self._validate_core()
         if self.devices:
             from pyvmm.devices.virtio.config import validate_devices

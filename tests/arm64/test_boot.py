@@ -36,6 +36,7 @@ def test_exits_guest_makes_its_mmio_exits():
     result = run_pyvmm("run", "--no-stdin", "-k", str(pyvmm_guests.path("arm64", "exits")), "--guest-arg", "200",
                        timeout=120)
     assert result.returncode == 0, result.stderr
+    assert result.stdout == b"exits: 200\n"
 
 
 def test_dump_dtb_writes_a_device_tree(tmp_path):
