@@ -35,9 +35,11 @@ class SizeParam(click.ParamType):
                    "at RAM + 0x80000; x86_64: real mode at 0x1000:0000). Default: hello.")
 @click.option("-i", "--initrd", type=click.Path(path_type=Path, dir_okay=False),
               help="Initial ramdisk for a Linux kernel, or a raw binary's data (arm64), e.g. kvm-unit-tests' environ.")
-@click.option("-p", "--cmdline", "--params", "cmdline", default="", show_default=True,
-              help="Kernel command line. pyvmm adds the console settings a Linux guest needs, except for a raw "
-                   "binary and with --nodefaults, which get exactly this text.")
+@click.option("-p", "--cmdline", "--params", "--append", "cmdline", default="",
+              help="Kernel command line (--append as in QEMU and virtme-ng, --params as in kvmtool). pyvmm adds the "
+                   "console settings a Linux guest needs, except for a raw binary and with --nodefaults, which get "
+                   "exactly this text. arm64 only: ignored with a warning on x86_64, whose flat payloads have none "
+                   "(use --guest-arg).")
 @click.option("-m", "--memory", "--mem", "memory", type=SizeParam(), default="256M", show_default=True,
               help="Guest RAM: a number in MiB, or with a K/M/G suffix (e.g. 512M, 2G).")
 @click.option("-c", "--cpus", type=int, default=1, show_default=True, help="Number of vCPUs (1 to KVM's maximum).")
@@ -52,7 +54,8 @@ class SizeParam(click.ParamType):
 @click.option("--on-reboot", type=click.Choice(["exit", "restart"]), default="exit", show_default=True,
               help="When the guest reboots: end pyvmm with status 80, or restart the VM.")
 @click.option("--dump-dtb", type=click.Path(path_type=Path, dir_okay=False),
-              help="arm64: write the generated device tree blob to this file (inspect with `dtc -I dtb`).")
+              help="arm64: write the generated device tree blob to this file (inspect with `dtc -I dtb`); refused "
+                   "on x86_64, which has no device tree.")
 @click.option("--console-log", type=click.Path(path_type=Path, dir_okay=False),
               help="Also append everything the guest prints on its console to this file.")
 @click.option("--no-stdin", is_flag=True, help="Do not forward stdin to the guest console.")

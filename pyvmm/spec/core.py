@@ -25,6 +25,8 @@ _SIZE_UNITS = {"": MIB, "k": 1 << 10, "m": MIB, "g": GIB, "t": 1 << 40}
 IRQCHIPS = ("auto", "gicv3", "gicv2")
 # Below this a guest cannot hold even the bundled payloads plus page tables/DTB.
 MIN_MEMORY = 16 * MIB
+# What `--console virtio` adds to a Linux command line (unless --nodefaults or -p names a console).
+VIRTIO_CONSOLE_PARAMS = "console=hvc0 earlycon"
 # One vCPU thread each: far above what a Python VMM should be asked for, and KVM's own limit is checked too.
 MAX_CPUS = 512
 
@@ -101,7 +103,7 @@ class TestingSpec:
 class VmSpec:
     """Everything needed to build and run one VM."""
 
-    kernel: Path | None = None  # None: the bundled `hello` guest; a bundled guest's name (idle) unless such a file exists
+    kernel: Path | None = None  # None: the bundled hello guest; a bundled guest by name unless such a file exists
     initrd: Path | None = None
     cmdline: str = ""
     memory: int = 256 * MIB
@@ -134,6 +136,7 @@ class VmSpec:
 
             self.kernel = pyvmm_guests.resolve(self.kernel, self.arch)
         self._validate_core()
+        self._validate_for_arch()
         if self.devices:
             from pyvmm.devices.virtio.config import validate_devices
 
@@ -161,6 +164,21 @@ class VmSpec:
         for value in self.guest_args:
             if not 0 <= value < 1 << 32:
                 raise UsageError(f"--guest-arg {value} does not fit in 32 bits")
+
+    def _validate_for_arch(self) -> None:
+        """Options that would do nothing on this architecture are refused rather than silently ignored."""
+        if self.arch != "x86_64":
+            return
+        if self.dtb_dump is not None:
+            raise UsageError("--dump-dtb: an x86_64 machine has no device tree, so there is nothing to write "
+                             "(docs/MACHINES.md describes its devices)")
+
+    def ignored(self) -> list[str]:
+        """What this spec asks for that the machine will ignore, as kvmtool does (one warning each, by the runner)."""
+        if self.arch == "x86_64" and self.cmdline.removesuffix(VIRTIO_CONSOLE_PARAMS).strip():
+            return ["-p/--append is ignored: an x86_64 guest is a flat payload, which has no kernel command line "
+                    "(pyvmm boots Linux on arm64 only); pass values with --guest-arg"]
+        return []
 
     def _validate_testing(self) -> None:
         testing = self.testing

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from pyvmm.devices.virtio import config as vc
 from pyvmm.errors import UsageError
-from pyvmm.spec.core import ConsoleSpec, IdleSpec, TestingSpec, VmSpec, parse_size
+from pyvmm.spec.core import VIRTIO_CONSOLE_PARAMS, ConsoleSpec, IdleSpec, TestingSpec, VmSpec, parse_size
 
 PathLike = str | os.PathLike[str]
 
@@ -146,7 +146,7 @@ def build_spec(*, kernel: PathLike | None = None, initrd: PathLike | None = None
     options = options or RunOptions()
     devices = device_specs(options)
     if options.console_kind == "virtio" and "console=" not in cmdline and not nodefaults:
-        cmdline = f"{cmdline} console=hvc0 earlycon".strip()
+        cmdline = f"{cmdline} {VIRTIO_CONSOLE_PARAMS}".strip()
     return VmSpec(
         kernel=_path(kernel), initrd=_path(initrd), cmdline=cmdline,
         memory=memory if isinstance(memory, int) else parse_size(memory), cpus=int(cpus),

@@ -1,7 +1,8 @@
 """pytest plugin (entry point `pytest11` = `pyvmm`): the `pyvmm_machine` fixture, a started VM per test.
 
-Configuration, most specific first: `@pytest.mark.pyvmm(kernel=..., initrd=..., cpus=..., memory=..., append=...,
-command=[...], options={...})` on the test (or module via `pytestmark`), then command-line options
+Configuration, most specific first: `@pytest.mark.pyvmm(kernel=..., initrd=..., cpus=..., memory=..., cmdline=...,
+command=[...], options={...})` (the names of `pyvmm run`'s options and of Machine(); `append=` is cmdline's alias, as
+`pyvmm run --append` is) on the test (or module via `pytestmark`), then command-line options
 (--pyvmm-kernel, --pyvmm-initrd, --pyvmm-cpus, --pyvmm-memory, --pyvmm-append, --pyvmm-option NAME=VALUE), then the
 environment (PYVMM_KERNEL, PYVMM_INITRD). `options` are `pyvmm run` options by parameter name (pyvmm.spec.options.RunOptions) (idle policy:
 e.g. {"halt_poll_ns": "0", "wfx_trap_threshold": "4"}).
@@ -45,7 +46,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "pyvmm(kernel=None, initrd=None, cpus=None, memory=None, append='', command=None, options=None, "
+        "markers", "pyvmm(kernel=None, initrd=None, cpus=None, memory=None, cmdline='', command=None, options=None, "
                    "guest_args=None): how pyvmm_machine boots the VM for this test")
 
 
@@ -55,8 +56,13 @@ def _machine_spec(request: pytest.FixtureRequest, log_path: Path) -> "VmSpec":
     opts = request.config.option
     marker: dict[str, Any] = {}
     for mark in reversed(list(request.node.iter_markers("pyvmm"))):  # closest marker (the test's) wins
-        marker.update(mark.kwargs)
-    unknown = set(marker) - {"kernel", "initrd", "cpus", "memory", "append", "command", "options", "guest_args"}
+        kwargs = dict(mark.kwargs)
+        if "append" in kwargs:  # cmdline's alias, as `pyvmm run --append`
+            if "cmdline" in kwargs:
+                raise pytest.UsageError("@pytest.mark.pyvmm: give cmdline= or its alias append=, not both")
+            kwargs["cmdline"] = kwargs.pop("append")
+        marker.update(kwargs)
+    unknown = set(marker) - {"kernel", "initrd", "cpus", "memory", "cmdline", "command", "options", "guest_args"}
     if unknown:
         raise pytest.UsageError(f"@pytest.mark.pyvmm: unknown argument(s) {sorted(unknown)}")
     options: dict[str, Any] = {}
@@ -66,10 +72,10 @@ def _machine_spec(request: pytest.FixtureRequest, log_path: Path) -> "VmSpec":
             raise pytest.UsageError(f"--pyvmm-option {text!r}: use NAME=VALUE")
         options[name.strip().replace("-", "_")] = value
     options.update(marker.get("options") or {})
-    append = " ".join(a for a in [marker.get("append", ""), *opts.pyvmm_append] if a)
+    cmdline = " ".join(a for a in [marker.get("cmdline", ""), *opts.pyvmm_append] if a)
     return machine_spec(
         kernel=marker.get("kernel", opts.pyvmm_kernel), initrd=marker.get("initrd", opts.pyvmm_initrd),
-        cmdline=append, memory=marker.get("memory") or opts.pyvmm_memory or "256M",
+        cmdline=cmdline, memory=marker.get("memory") or opts.pyvmm_memory or "256M",
         cpus=marker.get("cpus") or opts.pyvmm_cpus or 1, guest_args=list(marker.get("guest_args") or []),
         console_log=log_path, command=marker.get("command"), options=options,
     )

@@ -11,6 +11,7 @@ Everything a run opens (the console log, the features' sockets, timers, stats fd
 
 from __future__ import annotations
 
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, Sequence, TypeVar
@@ -52,6 +53,8 @@ class VmRun:
         from pyvmm.testing.features import CommandInitramfs, ConsoleChecks
 
         self.spec = spec.validate()
+        for note in spec.ignored():
+            print(f"pyvmm: warning: {note}", file=sys.stderr)
         self._resources = ExitStack()
         try:
             log = self._open_log()

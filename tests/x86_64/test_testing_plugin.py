@@ -28,6 +28,11 @@ def test_marker_configures_the_machine(pyvmm_machine):
 def test_run_options_from_the_marker(pyvmm_machine):
     assert pyvmm_machine.wait(30).status == 124
 
+@pytest.mark.pyvmm(kernel="exits", guest_args=[3])
+def test_a_bundled_guest_by_name(pyvmm_machine):
+    pyvmm_machine.console.expect(r"exits: 3")
+    assert pyvmm_machine.wait(30).status == 0
+
 def test_log_is_per_test(pyvmm_machine, tmp_path):
     pyvmm_machine.wait(30)
     assert pyvmm_machine.spec.console.log_path.parent == tmp_path
@@ -51,7 +56,7 @@ def inner_pytest(tmp_path, source: str, *args: str) -> subprocess.CompletedProce
 def test_a_passing_file(tmp_path):
     result = inner_pytest(tmp_path, PASSING)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 passed" in result.stdout
+    assert "5 passed" in result.stdout
 
 
 def test_a_failing_test_shows_the_console_in_its_report(tmp_path):
