@@ -28,12 +28,12 @@ class SizeParam(click.ParamType):
 
 
 @click.command()
-@click.option("-k", "--kernel", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("-k", "--kernel", type=click.Path(path_type=Path),
               help="Guest to boot: a bundled guest by name (hello, exits, idle, hostile: see `pyvmm guests`; a file "
                    "of that name in the current directory wins, write ./NAME to be explicit), an arm64 Linux Image "
                    "(or Image.gz), or a flat bare-metal payload (arm64: a raw binary such as a kvm-unit-tests .flat, "
                    "at RAM + 0x80000; x86_64: real mode at 0x1000:0000). Default: hello.")
-@click.option("-i", "--initrd", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("-i", "--initrd", type=click.Path(path_type=Path),
               help="Initial ramdisk for a Linux kernel, or a raw binary's data (arm64), e.g. kvm-unit-tests' environ.")
 @click.option("-p", "--cmdline", "--params", "--append", "cmdline", default="",
               help="Kernel command line (--append as in QEMU and virtme-ng, --params as in kvmtool). pyvmm adds the "
@@ -53,10 +53,10 @@ class SizeParam(click.ParamType):
               help="Use the -p command line exactly as given: no console settings added (kvmtool's option).")
 @click.option("--on-reboot", type=click.Choice(["exit", "restart"]), default="exit", show_default=True,
               help="When the guest reboots: end pyvmm with status 80, or restart the VM.")
-@click.option("--dump-dtb", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--dump-dtb", type=click.Path(path_type=Path),
               help="arm64: write the generated device tree blob to this file (inspect with `dtc -I dtb`); refused "
                    "on x86_64, which has no device tree.")
-@click.option("--console-log", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--console-log", type=click.Path(path_type=Path),
               help="Also append everything the guest prints on its console to this file.")
 @click.option("--no-stdin", is_flag=True, help="Do not forward stdin to the guest console.")
 @click.option("--debug", is_flag=True, help="Log what pyvmm does and show tracebacks for errors.")

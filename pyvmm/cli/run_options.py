@@ -77,7 +77,7 @@ TESTING_OPTIONS: list[Callable] = [
                  help="Stop the VM and exit 1 as soon as a console line matches REGEX (e.g. 'Kernel panic|BUG:')."),
     click.option("--add", "test_adds", multiple=True, metavar="HOST:GUEST",
                  help="With -- CMD: copy a host file or directory into the generated initramfs (repeatable)."),
-    click.option("--busybox", "test_busybox", type=click.Path(path_type=Path, dir_okay=False), metavar="PATH",
+    click.option("--busybox", "test_busybox", type=click.Path(path_type=Path), metavar="PATH",
                  help="With -- CMD: the static busybox for the guest (default: the host's, when it is a static "
                       "binary of the guest's architecture, e.g. busybox-static on an arm64 host)."),
     click.argument("test_command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD ARGS...]"),]

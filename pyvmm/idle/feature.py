@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from pyvmm.errors import MissingFileError
 from pyvmm.idle.control import IdleController, warn_on_stderr
 from pyvmm.spec import IdleSpec
 from pyvmm.vmm.outcome import VmOutcome
@@ -28,12 +27,6 @@ class IdleFeature:
                                          warn=(lambda message: None) if spec.measure else warn_on_stderr)
         self.server: "ControlServer | None" = None
         self.data: list[int] = []
-        if spec.stats_json is not None:
-            # Fail before the guest runs, not after: the report would otherwise be lost at exit.
-            try:
-                open(spec.stats_json, "a").close()
-            except OSError as err:
-                raise MissingFileError(f"--stats-json {spec.stats_json}: {err.strerror}") from None
 
     def subscribe(self, vmm: "Vmm") -> None:
         self.controller.subscribe(vmm)

@@ -39,6 +39,10 @@ def parse_name_set(text: str, allowed: frozenset[str], what: str) -> frozenset[s
     return frozenset(out)
 
 
+# Linux's largest NR_CPUS (CONFIG_MAXSMP).
+MAX_CPU_NUMBER = 8192
+
+
 def parse_cpu_list(text: str, what: str = "cpu list") -> set[int]:
     """Kernel cpulist syntax: "2", "2-3", "0,2-3"."""
     cpus: set[int] = set()
@@ -52,6 +56,9 @@ def parse_cpu_list(text: str, what: str = "cpu list") -> set[int]:
             raise PolicyParseError(f"{what}: {p!r} is not a CPU number or range") from None
         if a < 0 or b < a:
             raise PolicyParseError(f"{what}: bad CPU range {p!r}")
+        if b >= MAX_CPU_NUMBER:  # before the range is expanded: 0-100000000 would be a set of 10^8 numbers
+            raise PolicyParseError(f"{what}: CPU {b} in {p!r} is beyond any host (CPU numbers are below "
+                                   f"{MAX_CPU_NUMBER})")
         cpus.update(range(a, b + 1))
     return cpus
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyvmm.devices.virtio.config import DeviceConfig
+from pyvmm.devices.virtio.config import DeviceConfig, DiskConfig
 from pyvmm.errors import UsageError
 from pyvmm.idle.policy import IdlePolicy, check_affinity
 
@@ -29,6 +29,8 @@ MIN_MEMORY = 16 * MIB
 VIRTIO_CONSOLE_PARAMS = "console=hvc0 earlycon"
 # One vCPU thread each: far above what a Python VMM should be asked for, and KVM's own limit is checked too.
 MAX_CPUS = 512
+# A deadline the host's clocks and timers can represent (~31 years); inf or 1e308 would overflow them.
+MAX_TIMEOUT = 1e9
 
 
 def parse_size(text: str) -> int:
@@ -143,6 +145,7 @@ class VmSpec:
             validate_devices(self.devices)
         check_affinity(self.idle.policy.cpu_affinity, self.cpus)
         self._validate_testing()
+        self._validate_files()  # last: the option values themselves are wrong first
         return self
 
     def _validate_core(self) -> None:
@@ -180,10 +183,33 @@ class VmSpec:
                     "(pyvmm boots Linux on arm64 only); pass values with --guest-arg"]
         return []
 
+    def _validate_files(self) -> None:
+        """Inputs are regular files the VM can hold, outputs regular or new files: checked before any is created."""
+        from pyvmm.api.server import check_path
+        from pyvmm.spec import files
+
+        for path, option in ((self.kernel, "--kernel"), (self.initrd, "--initrd"), (self.testing.busybox, "--busybox")):
+            if path is not None:
+                files.input_file(path, option, self.memory)
+        for path, option in ((self.console.log_path, "--console-log"), (self.idle.stats_json, "--stats-json"),
+                             (self.dtb_dump, "--dump-dtb")):
+            if path is not None:
+                files.output_file(path, option)
+        if self.idle.api_socket is not None:
+            check_path(str(self.idle.api_socket))
+        seen: dict[tuple[int, int], Path] = {}
+        for disk in (d for d in self.devices if isinstance(d, DiskConfig)):
+            info = files.disk_file(disk.path, "--disk")
+            key = (info.st_dev, info.st_ino)  # the same file by any name or link
+            if key in seen:
+                raise UsageError(f"--disk {disk.path} is given twice (also as {seen[key]})")
+            seen[key] = disk.path
+
     def _validate_testing(self) -> None:
         testing = self.testing
-        if testing.timeout is not None and not testing.timeout > 0:
-            raise UsageError(f"--timeout must be more than 0 seconds (got {testing.timeout:g})")
+        if testing.timeout is not None and not 0 < testing.timeout <= MAX_TIMEOUT:
+            raise UsageError(f"--timeout must be more than 0 seconds and at most {MAX_TIMEOUT:g} "
+                             f"(got {testing.timeout:g})")
         if (testing.adds or testing.busybox) and not testing.command:
             raise UsageError("--add and --busybox only apply to `pyvmm run --kernel Image -- CMD ARGS...`")
         if not testing.command:

@@ -15,7 +15,9 @@ from typing import Any, Iterable, Mapping
 
 from pyvmm.devices.virtio import config as vc
 from pyvmm.errors import UsageError
-from pyvmm.spec.core import VIRTIO_CONSOLE_PARAMS, ConsoleSpec, IdleSpec, TestingSpec, VmSpec, parse_size
+from pyvmm.spec.core import (
+    MAX_TIMEOUT, VIRTIO_CONSOLE_PARAMS, ConsoleSpec, IdleSpec, TestingSpec, VmSpec, parse_size,
+)
 
 PathLike = str | os.PathLike[str]
 
@@ -75,8 +77,8 @@ def seconds(value: str | float | None, option: str) -> float | None:
         number = float(value)
     except ValueError:
         raise UsageError(f"{option} {value!r}: not a number of seconds") from None
-    if not number > 0:
-        raise UsageError(f"{option} {value!r}: must be more than 0 seconds")
+    if not 0 < number <= MAX_TIMEOUT:
+        raise UsageError(f"{option} {value!r}: must be more than 0 seconds and at most {MAX_TIMEOUT:g}")
     return number
 
 

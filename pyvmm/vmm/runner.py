@@ -56,6 +56,7 @@ class VmRun:
         for note in spec.ignored():
             print(f"pyvmm: warning: {note}", file=sys.stderr)
         self._resources = ExitStack()
+        self._new_log = False
         try:
             log = self._open_log()
             boot = spec
@@ -74,6 +75,7 @@ class VmRun:
                 feature.subscribe(self.vmm)
         except BaseException:
             self.close()
+            self._remove_new_empty_log()
             raise
 
     def _own(self, resource: Closable) -> Closable:
@@ -85,11 +87,18 @@ class VmRun:
         path = self.spec.console.log_path
         if path is None:
             return None
+        self._new_log = not path.exists()
         try:
             log = open(path, "ab")
         except OSError as err:
             raise MissingFileError(f"cannot open console log {path}: {err.strerror}") from None
         return self._own(log)
+
+    def _remove_new_empty_log(self) -> None:
+        """A VM that never started leaves no console log it created."""
+        path = self.spec.console.log_path
+        if path is not None and self._new_log and path.is_file() and path.stat().st_size == 0:
+            path.unlink()
 
     def build(self) -> Machine:
         return self.vmm.build()
@@ -100,6 +109,10 @@ class VmRun:
             report = self.idle.write_report(outcome) if self.idle is not None else None
             verdict = self.checks.verdict() if self.checks is not None else None
             return RunResult(outcome, final_status(outcome, verdict), report)
+        except BaseException:
+            self.close()
+            self._remove_new_empty_log()  # e.g. an image the machine build refused
+            raise
         finally:
             self.close()
 

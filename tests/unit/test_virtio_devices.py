@@ -219,7 +219,6 @@ def test_disk_and_net_options_parse():
 @pytest.mark.parametrize("devices,message", [
     ([DiskConfig(path=__import__("pathlib").Path("a.img"), cache="none")], "cache=none"),
     ([DiskConfig(path=__import__("pathlib").Path("a.img"), serial="x" * 21)], "20 bytes"),
-    ([DiskConfig(path=__import__("pathlib").Path("a.img"))] * 2, "given twice"),
     ([NetConfig(tap="this-name-is-too-long")], "interface name"),
     ([NetConfig(tap="tap0", mac="01:00:00:00:00:01")], "multicast"),
     ([VsockConfig(2)], "reserved"),
@@ -230,6 +229,15 @@ def test_device_validation_rejects_with_one_line(devices, message):
         validate_devices(devices)
     with pytest.raises(UsageError, match=message):
         VmSpec(devices=devices).validate()
+
+
+def test_a_disk_given_twice_by_any_name_is_one_line(tmp_path):
+    image = tmp_path / "a.img"
+    image.write_bytes(bytes(4096))
+    os.link(image, tmp_path / "b.img")
+    for second in (image, tmp_path / "b.img", tmp_path / "." / "a.img"):
+        with pytest.raises(UsageError, match=f"--disk {second} is given twice \\(also as {image}\\)"):
+            VmSpec(devices=[DiskConfig(path=image), DiskConfig(path=second)]).validate()
 
 
 def test_pyvmm_run_rejects_a_bad_disk_option():

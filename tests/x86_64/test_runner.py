@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import pyvmm_guests
 
-from pyvmm.errors import ExitStatus, MissingFileError
+from pyvmm.errors import ExitStatus, ImageError
 from pyvmm.kvm.vm import Vm
 from pyvmm.spec import ConsoleSpec, VmSpec
 from pyvmm.spec.options import RunOptions, build_spec
@@ -65,10 +65,12 @@ def test_a_guest_that_stops_at_once_still_sees_started_before_stopping():
         assert [name for name, _ in recorder.events] == ["before_vcpus", "started", "stopping", "finished"]
 
 
-def test_features_are_closed_when_the_vm_cannot_be_built():
+def test_features_are_closed_when_the_vm_cannot_be_built(tmp_path):
     recorder = Recorder()
-    run = VmRun(VmSpec(kernel=Path("/no/such/kernel"), console=QUIET), extra=[recorder])
-    with pytest.raises(MissingFileError):
+    too_big = tmp_path / "payload.bin"
+    too_big.write_bytes(bytes(1 << 20))  # a readable file, refused by the x86_64 machine build: over 0xA0000
+    run = VmRun(VmSpec(kernel=too_big, console=QUIET), extra=[recorder])
+    with pytest.raises(ImageError):
         run.run()
     assert recorder.events == [] and recorder.closed == 1
     run.close()  # idempotent

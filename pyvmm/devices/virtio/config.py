@@ -109,10 +109,6 @@ def validate_devices(devices: list) -> None:
             raise UsageError(f"--disk {disk.path}: cache={disk.cache} is not one of {', '.join(CACHE_MODES)}")
         if disk.serial is not None and len(disk.serial.encode()) > 20:
             raise UsageError(f"--disk {disk.path}: serial={disk.serial} is longer than virtio-blk's 20 bytes")
-    paths = [d.path.resolve() for d in disks]
-    for path in paths:
-        if paths.count(path) > 1:
-            raise UsageError(f"--disk {path} is given twice")
     for net in (d for d in devices if isinstance(d, NetConfig)):
         if not _IFNAME_RE.match(net.tap):
             raise UsageError(f"--net tap={net.tap}: not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)")
