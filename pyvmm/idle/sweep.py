@@ -37,7 +37,7 @@ class RunMeasure:
     contention: int | None  # busy tasks per vCPU CPU during the run; None: no --contend
     duration_s: float
     periods: int
-    stats: dict[str, Any]  # vCPU 0's KVM statistics over the run (natural units, times in ns)
+    stats: dict[str, Any]  # vCPU 0's KVM statistics over the run in natural units: *_ns times are in seconds
     cpu_s: float | None  # host CPU time of vCPU 0's thread
     latencies_us: list[float]  # guest-measured wake-up latency of each period
     runqueues: list[RunqueueObservation] = field(default_factory=list)  # the vCPUs' host CPUs
@@ -69,7 +69,7 @@ def _mean_of(values: list[float | None]) -> float | None:
 def _poll_s(r: RunMeasure) -> float | None:
     if "halt_poll_success_ns" not in r.stats and "halt_poll_fail_ns" not in r.stats:
         return None
-    return (r.stats.get("halt_poll_success_ns", 0) + r.stats.get("halt_poll_fail_ns", 0)) / 1e9
+    return r.stats.get("halt_poll_success_ns", 0) + r.stats.get("halt_poll_fail_ns", 0)
 
 
 def _idle(kind: str) -> Callable[[RunMeasure], float | None]:
@@ -98,7 +98,7 @@ METRICS: list[Metric] = [
     Metric("wfe_per_period", "wfe/period", ".2f", _per_period("wfe_exit_stat"), "WFE traps per idle period"),
     Metric("halt_per_period", "halt/period", ".2f", _per_period("halt_exits"), "halt exits per idle period"),
     Metric("halt_wait_percent", "halt wait %", ".1f",
-           _share_of_run(lambda r: r.stats["halt_wait_ns"] / 1e9 if "halt_wait_ns" in r.stats else None)),
+           _share_of_run(lambda r: r.stats.get("halt_wait_ns"))),
     Metric("poll_percent", "poll %", ".1f", _share_of_run(_poll_s)),
     Metric("host_cpu_ms", "host CPU ms", ".1f", lambda r: None if r.cpu_s is None else 1e3 * r.cpu_s),
     Metric("host_cpu_percent", "host CPU %", ".1f", _share_of_run(lambda r: r.cpu_s),

@@ -122,6 +122,9 @@ class Vmm:
                 cleanup.callback(console_in.close)
             for thread in self.threads:
                 thread.start()
+                # Known once start() returns (the thread itself sets it only when it gets to run): `started`
+                # handlers pin and sample the vCPU threads by it.
+                thread.vcpu.thread_id = thread.native_id
             self.events.started.emit(self)
             with self._stopping_lock:
                 self._started_told = True

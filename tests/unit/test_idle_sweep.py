@@ -15,7 +15,7 @@ NOT_EXPOSED = IdleResidency(None, "not exposed: no cpuidle driver bound (current
 def run(policy="threshold=1", level=1, wfi=50, util=1000.0, rq=2.0, lat=(100.0, 200.0, 300.0), cpu_s=0.5,
         idle=NOT_EXPOSED):
     return RunMeasure(policy, level, 2.0, 50, {"exits": 400, "wfi_exit_stat": wfi, "wfe_exit_stat": 0,
-                                              "halt_wait_ns": 10**9}, cpu_s, list(lat),
+                                              "halt_wait_ns": 1.0}, cpu_s, list(lat),
                       [RunqueueObservation(1, rq, 3, 40, rq + 0.1, "nr_running sampled from /sys/kernel/debug/sched/debug")],
                       [PeltObservation(11, 40, util, 1024, util, util, "sampled from /proc/1/task/11/sched")], idle)
 

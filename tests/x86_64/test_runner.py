@@ -65,6 +65,23 @@ def test_a_guest_that_stops_at_once_still_sees_started_before_stopping():
         assert [name for name, _ in recorder.events] == ["before_vcpus", "started", "stopping", "finished"]
 
 
+def test_started_handlers_see_every_vcpu_thread_id():
+    """`started` promises running vCPU threads: their native ids are known (pinning and sampling use them), even when a
+    vCPU thread has not been scheduled yet. Seen in the arm64 lane as 'its thread is not running yet' under load."""
+    seen: list[list[int | None]] = []
+
+    class Ids:
+        def subscribe(self, vmm: Vmm) -> None:
+            vmm.events.started.subscribe(lambda v: seen.append([c.thread_id for c in v.machine.vcpus]))
+
+        def close(self) -> None:
+            pass
+
+    for _ in range(5):
+        assert run_vm(VmSpec(console=QUIET), extra=[Ids()]).status == ExitStatus.OK
+    assert len(seen) == 5 and all(ids and None not in ids for ids in seen), seen
+
+
 def test_features_are_closed_when_the_vm_cannot_be_built(tmp_path):
     recorder = Recorder()
     too_big = tmp_path / "payload.bin"
