@@ -125,3 +125,26 @@ def _pinning(pin: dict[int, set[int]]) -> str:
     from pyvmm.idle.hostcpus import format_cpus
 
     return ",".join(f"vCPU {v}={format_cpus(c)}" for v, c in sorted(pin.items()))
+
+
+@bench.command()
+@click.argument("csv_path", metavar="CSV", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("-o", "--output", "plot_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The PNG to write.")
+@click.option("--title", default=None, help="Title of the figure (default: the CSV's name).")
+def plot(csv_path: Path, plot_path: Path, title: str | None) -> int:
+    """Draw a `bench idle --csv` file as a PNG, one panel per metric: for results from a host without matplotlib
+    (an arm64 board, the emulated lane), plotted where matplotlib is."""
+    from pyvmm.errors import ImageError, UsageError
+    from pyvmm.idle.sweep import read_csv, write_plot
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("plot needs matplotlib: pip install 'pyvmm[bench]'") from None
+    try:
+        cells = read_csv(csv_path)
+        write_plot(cells, plot_path, title or f"pyvmm bench idle: {csv_path.name}")
+    except (KeyError, ValueError) as err:
+        raise ImageError(f"{csv_path}: not a `pyvmm bench idle --csv` file ({err})") from None
+    return 0

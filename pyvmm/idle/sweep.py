@@ -249,7 +249,8 @@ def write_plot(cells: list[Cell], path: Path, title: str) -> None:
     levels = sorted({c.contention for c in ok if c.contention is not None})
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 2.2, 3.2 * nrows), squeeze=False)
+    spare = nrows * ncols - len(metrics)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + (0 if spare else 2.2), 3.2 * nrows), squeeze=False)
     for ax, m in zip(axes.flat, metrics):
         for i, p in enumerate(policies):
             pts = [(c.contention if levels else i, c.values[m.key]) for c in ok
@@ -270,11 +271,16 @@ def write_plot(cells: list[Cell], path: Path, title: str) -> None:
             ax.set_xticks(range(len(policies)))
             ax.set_xticklabels(policies, rotation=20, ha="right", fontsize=8)
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.set_visible(False)
+    spare = list(axes.flat)[len(metrics):]
+    for ax in spare:
+        ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", title="policy", fontsize=8)
+    if spare:  # the legend in a free panel, outside the data
+        spare[0].legend(handles, labels, loc="center", title="policy", fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 0.96))
+    else:
+        fig.legend(handles, labels, loc="center right", title="policy", fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1 - 2.0 / (4.2 * ncols + 2.2), 0.96))
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1 - 2.0 / (4.2 * ncols + 2.2), 0.96))
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=72)
     plt.close(fig)

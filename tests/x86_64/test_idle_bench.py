@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -70,6 +71,14 @@ def test_bench_idle_contention_sweep(tmp_path):
     assert f"pinning: vCPU 0={cpu} for every policy without pin=" in out
     assert "host preemption: " in out and "host CPUs: online" in out and "host idle states: " in out
     assert hogs_left() == []
+    if importlib.util.find_spec("matplotlib"):  # the PNG drawn later, where matplotlib is, from the CSV alone
+        png = tmp_path / "c.png"
+        r = run_pyvmm("bench", "plot", str(out_csv), "-o", str(png), timeout=60)
+        assert r.returncode == 0, r.stderr.decode()
+        assert png.read_bytes()[:4] == b"\x89PNG"
+        (tmp_path / "bad.csv").write_text("policy,runs\nx,1\n")
+        r = run_pyvmm("bench", "plot", str(tmp_path / "bad.csv"), "-o", str(tmp_path / "bad.png"))
+        assert r.returncode == 65 and b"not a `pyvmm bench idle --csv` file" in r.stderr
 
 
 def test_bench_idle_json_has_host_context_and_cells():
