@@ -95,12 +95,13 @@ def run_once(kernel: Path, spec: PolicySpec, periods: int, period_us: int, cap_n
     if len(data) < 2 or data[0] <= 0:
         raise PyvmmError(f"the guest reported {len(data)} DATA values: not the idle guest's contract "
                          f"(timer frequency, then one latency per period)")
-    vc = report["vcpus"][0]
+    vc = report["vcpus"][0]  # counts over the whole run: every period the guest reported
+    iv = report["interval_vcpus"][0]  # over duration_s: for rates and shares of time
     policy = report["policy"]
     obs = observer.observation
     notes = [*report["observed"], *policy.get("fallbacks", []), *policy.get("warnings", [])]
     if obs is not None:
         notes += obs.notes
-    return RunMeasure(spec.label, contention, report["duration_s"], len(data) - 1, vc["stats"], vc["cpu_s"],
-                      [t * 1e6 / data[0] for t in data[1:]], obs.sched.runqueues if obs else [],
+    return RunMeasure(spec.label, contention, report["duration_s"], len(data) - 1, vc["stats"], iv["stats"],
+                      iv["cpu_s"], [t * 1e6 / data[0] for t in data[1:]], obs.sched.runqueues if obs else [],
                       obs.sched.threads if obs else [], obs.idle if obs else None, notes)

@@ -37,8 +37,9 @@ class RunMeasure:
     contention: int | None  # busy tasks per vCPU CPU during the run; None: no --contend
     duration_s: float
     periods: int
-    stats: dict[str, Any]  # vCPU 0's KVM statistics over the run in natural units: *_ns times are in seconds
-    cpu_s: float | None  # host CPU time of vCPU 0's thread
+    stats: dict[str, Any]  # vCPU 0's KVM statistics over the whole run (every period), natural units: *_ns in s
+    interval_stats: dict[str, Any]  # the same over duration_s only: for rates and shares of time
+    cpu_s: float | None  # host CPU time of vCPU 0's thread over duration_s
     latencies_us: list[float]  # guest-measured wake-up latency of each period
     runqueues: list[RunqueueObservation] = field(default_factory=list)  # the vCPUs' host CPUs
     pelt: list[PeltObservation] = field(default_factory=list)  # the vCPU threads
@@ -50,10 +51,12 @@ def _per_period(stat: str) -> Callable[[RunMeasure], float | None]:
     return lambda r: r.stats[stat] / r.periods if stat in r.stats and r.periods else None
 
 
-def _share_of_run(f: Callable[[RunMeasure], float | None]) -> Callable[[RunMeasure], float | None]:
+def _share_of_run(f: Callable[[RunMeasure], float | None],
+                  scale: float = 100.0) -> Callable[[RunMeasure], float | None]:
+    """Per second of the measured interval (scale 1) or its percentage (scale 100)."""
     def share(r: RunMeasure) -> float | None:
         v = f(r)
-        return None if v is None or r.duration_s <= 0 else 100.0 * v / r.duration_s
+        return None if v is None or r.duration_s <= 0 else scale * v / r.duration_s
     return share
 
 
@@ -67,9 +70,10 @@ def _mean_of(values: list[float | None]) -> float | None:
 
 
 def _poll_s(r: RunMeasure) -> float | None:
-    if "halt_poll_success_ns" not in r.stats and "halt_poll_fail_ns" not in r.stats:
+    st = r.interval_stats
+    if "halt_poll_success_ns" not in st and "halt_poll_fail_ns" not in st:
         return None
-    return r.stats.get("halt_poll_success_ns", 0) + r.stats.get("halt_poll_fail_ns", 0)
+    return st.get("halt_poll_success_ns", 0) + st.get("halt_poll_fail_ns", 0)
 
 
 def _idle(kind: str) -> Callable[[RunMeasure], float | None]:
@@ -92,13 +96,12 @@ class Metric:
 
 
 METRICS: list[Metric] = [
-    Metric("exits_per_s", "exits/s", ".0f", lambda r: r.stats["exits"] / r.duration_s
-           if "exits" in r.stats and r.duration_s > 0 else None),
+    Metric("exits_per_s", "exits/s", ".0f", _share_of_run(lambda r: r.interval_stats.get("exits"), 1.0)),
     Metric("wfi_per_period", "wfi/period", ".2f", _per_period("wfi_exit_stat"), "WFI traps per idle period"),
     Metric("wfe_per_period", "wfe/period", ".2f", _per_period("wfe_exit_stat"), "WFE traps per idle period"),
     Metric("halt_per_period", "halt/period", ".2f", _per_period("halt_exits"), "halt exits per idle period"),
     Metric("halt_wait_percent", "halt wait %", ".1f",
-           _share_of_run(lambda r: r.stats.get("halt_wait_ns"))),
+           _share_of_run(lambda r: r.interval_stats.get("halt_wait_ns"))),
     Metric("poll_percent", "poll %", ".1f", _share_of_run(_poll_s)),
     Metric("host_cpu_ms", "host CPU ms", ".1f", lambda r: None if r.cpu_s is None else 1e3 * r.cpu_s),
     Metric("host_cpu_percent", "host CPU %", ".1f", _share_of_run(lambda r: r.cpu_s),
