@@ -307,11 +307,11 @@ def test_bench_idle_contention_sweep_shows_the_threshold_at_work(custom, tmp_pat
     assert "host preemption: full (uname -v)" in out and "pinning: vCPU 0=1 for every policy without pin=" in out
     rows = {(row["policy"], int(row["contention"])): row for row in csv.DictReader((tmp_path / "c.csv").open())}
     assert list(rows) == [("threshold=1", 0), ("threshold=1", 1), ("threshold=2", 0), ("threshold=2", 1)]
-    # Per idle period, not per blocking WFI: under contention the vCPU sometimes reaches its WFI after the timer
-    # fired (a WFI with an interrupt pending completes without trapping), so "traps" is >= 1/2 here, measured
-    # 0.71 on a loaded x86 host (the lane's own tests above count >= 95% over longer windows).
+    # Per idle period, not per blocking WFI: under contention the vCPU often reaches its WFI after its timer fired
+    # (a WFI with an interrupt pending completes without trapping), so even "always trap" (threshold 0) counted only
+    # 0.43-0.53 per period beside busy tasks on a loaded x86 host; threshold 1 there: 0.64-0.74, alone 0.02.
     wfi = {k: float(v["wfi/period"]) for k, v in rows.items()}
-    assert wfi[("threshold=1", 0)] <= 0.1 and wfi[("threshold=1", 1)] >= 0.5, wfi
+    assert wfi[("threshold=1", 0)] <= 0.1 and wfi[("threshold=1", 1)] >= 0.3, wfi
     assert wfi[("threshold=2", 0)] <= 0.1 and wfi[("threshold=2", 1)] <= 0.1, wfi
     # the scheduler's view (SCHED_DEBUG and SCHEDSTATS on this kernel): a busy task beside the vCPU deepens its
     # runqueue; an untrapped idle vCPU looks fully busy to PELT (objection (a)), a trapped one does not
