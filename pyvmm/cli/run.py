@@ -47,8 +47,11 @@ class SizeParam(click.ParamType):
               help="A 32-bit argument for a bare-metal guest, read in order from the test device's ARG register "
                    "(repeatable; see docs/MACHINES.md). Example: --guest-arg 1000 for 1000 exits.")
 @click.option("--irqchip", type=click.Choice(IRQCHIPS), default="auto", show_default=True,
-              help="arm64 interrupt controller: the in-kernel vGICv3, vGICv2, or v3 when the host has it else v2. "
-                   "kvmtool's --irqchip=NAME spelling works too.")
+              help="arm64 interrupt controller: the in-kernel vGICv3, vGICv3 with an ITS (MSIs), vGICv2, or v3 when "
+                   "the host has it else v2. kvmtool's --irqchip=NAME spelling works too.")
+@click.option("--pmu", is_flag=True,
+              help="arm64: give the guest a PMUv3 (KVM_ARM_VCPU_PMU_V3, overflow interrupt PPI 7), e.g. for perf. "
+                   "Refused on a host whose KVM has no PMU for guests.")
 @click.option("--nodefaults", is_flag=True,
               help="Use the -p command line exactly as given: no console settings added (kvmtool's option).")
 @click.option("--on-reboot", type=click.Choice(["exit", "restart"]), default="exit", show_default=True,
@@ -66,7 +69,7 @@ class SizeParam(click.ParamType):
               help="kvmtool's spelling for no network device (pyvmm's default); use --net for one.")
 @run_options
 def run(kernel: Path | None, initrd: Path | None, cmdline: str, memory: int, cpus: int, guest_args: tuple[int, ...],
-        irqchip: str, nodefaults: bool, on_reboot: str, dump_dtb: Path | None, console_log: Path | None,
+        irqchip: str, pmu: bool, nodefaults: bool, on_reboot: str, dump_dtb: Path | None, console_log: Path | None,
         no_stdin: bool, debug: bool, loglevel: str, network: str | None, **options: object) -> int:
     """Boot a VM and run it until the guest powers off, exits or is stopped.
 
@@ -83,7 +86,7 @@ def run(kernel: Path | None, initrd: Path | None, cmdline: str, memory: int, cpu
     from pyvmm.vmm.runner import run_vm
 
     spec = build_spec(kernel=kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=cpus, guest_args=guest_args,
-                      irqchip=irqchip, nodefaults=nodefaults, on_reboot=on_reboot, dump_dtb=dump_dtb,
+                      irqchip=irqchip, pmu=pmu, nodefaults=nodefaults, on_reboot=on_reboot, dump_dtb=dump_dtb,
                       console_log=console_log, stdin=not no_stdin, debug=debug,
                       options=RunOptions.from_mapping(options))
     result = run_vm(spec)

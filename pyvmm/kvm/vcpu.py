@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from pyvmm.errors import KvmUnavailableError
 from pyvmm.kvm.ioctl import bindings, ffi, ioctl, new
-from pyvmm.kvm.vm import Vm
+from pyvmm.kvm.vm import Vm, set_device_attr
 
 # kvm_run.io is {u8 direction; u8 size; u16 port; u32 count; u64 data_offset}, kvm_run.mmio is
 # {u64 phys_addr; u8 data[8]; u32 len; u8 is_write}: tests/unit/test_structure.py checks these against cffi.
@@ -146,6 +146,11 @@ class Vcpu:
     def arm_vcpu_init(self, init: Any) -> None:
         """KVM_ARM_VCPU_INIT (arm64) with a `struct kvm_vcpu_init *` (target and features)."""
         ioctl(self.fd, bindings.KVM_ARM_VCPU_INIT, init)
+
+    def set_device_attr(self, group: int, attr: int, value: int | None = None) -> None:
+        """KVM_SET_DEVICE_ATTR on the vCPU (arm64: KVM_ARM_VCPU_PMU_V3_CTRL, timer and PV-time groups). The value
+        goes by address as a u64; attributes KVM reads as an int (the PMU's IRQ) read its low half on arm64 (LE)."""
+        set_device_attr(self.fd, group, attr, value)
 
     def mp_state(self) -> int:
         try:

@@ -21,8 +21,8 @@ GIB = 1 << 30
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _SIZE_UNITS = {"": MIB, "k": 1 << 10, "m": MIB, "g": GIB, "t": 1 << 40}
 
-# arm64 interrupt controllers: auto = v3 when the host has it, else v2.
-IRQCHIPS = ("auto", "gicv3", "gicv2")
+# arm64 interrupt controllers: auto = v3 when the host has it, else v2; gicv3-its adds an ITS (MSIs as LPIs).
+IRQCHIPS = ("auto", "gicv3", "gicv3-its", "gicv2")
 # Below this a guest cannot hold even the bundled payloads plus page tables/DTB.
 MIN_MEMORY = 16 * MIB
 # What `--console virtio` adds to a Linux command line (unless --nodefaults or -p names a console).
@@ -112,7 +112,8 @@ class VmSpec:
     cpus: int = 1
     arch: str = ""  # "": the host's architecture (filled by validate)
     guest_args: list[int] = field(default_factory=list)
-    irqchip: str = "auto"  # arm64: gicv3 | gicv2 | auto
+    irqchip: str = "auto"  # arm64: IRQCHIPS
+    pmu: bool = False  # arm64: a PMUv3 for the guest (KVM_ARM_VCPU_PMU_V3)
     nodefaults: bool = False  # the kernel command line exactly as given: no console settings added
     on_reboot: str = "exit"  # exit | restart
     dtb_dump: Path | None = None
@@ -164,6 +165,9 @@ class VmSpec:
             raise UsageError(f"--on-reboot must be exit or restart (got {self.on_reboot!r})")
         if self.irqchip not in IRQCHIPS:
             raise UsageError(f"--irqchip must be {', '.join(IRQCHIPS[:-1])} or {IRQCHIPS[-1]} (got {self.irqchip!r})")
+        if self.arch != "arm64" and (self.pmu or self.irqchip == "gicv3-its"):
+            what = "--pmu" if self.pmu else "--irqchip gicv3-its"
+            raise UsageError(f"{what} is for arm64 guests (this is {self.arch})")
         for value in self.guest_args:
             if not 0 <= value < 1 << 32:
                 raise UsageError(f"--guest-arg {value} does not fit in 32 bits")

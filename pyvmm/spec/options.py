@@ -141,7 +141,7 @@ def network_mode(value: str | None) -> None:
 def build_spec(*, kernel: PathLike | None = None, initrd: PathLike | None = None, cmdline: str = "",
                memory: int | str = "256M", cpus: int = 1, guest_args: Iterable[int] = (), irqchip: str = "auto",
                on_reboot: str = "exit", dump_dtb: PathLike | None = None, console_log: PathLike | None = None,
-               stdin: bool = True, echo: bool = True, debug: bool = False,
+               stdin: bool = True, echo: bool = True, debug: bool = False, pmu: bool = False,
                nodefaults: bool = False, options: RunOptions | None = None) -> VmSpec:
     """The one way a front end makes a VmSpec from option values. Each part is checked as it is parsed; the whole
     spec is validated once, by the runner."""
@@ -152,7 +152,7 @@ def build_spec(*, kernel: PathLike | None = None, initrd: PathLike | None = None
     return VmSpec(
         kernel=_path(kernel), initrd=_path(initrd), cmdline=cmdline,
         memory=memory if isinstance(memory, int) else parse_size(memory), cpus=int(cpus),
-        guest_args=[int(a) for a in guest_args], irqchip=irqchip, nodefaults=nodefaults,
+        guest_args=[int(a) for a in guest_args], irqchip=irqchip, pmu=pmu, nodefaults=nodefaults,
         on_reboot=on_reboot, dtb_dump=_path(dump_dtb),
         debug=debug, console=ConsoleSpec(stdin=stdin, echo=echo, log_path=_path(console_log)), devices=devices,
         idle=idle_spec(options), testing=testing_spec(options),

@@ -22,7 +22,7 @@ DATA = ROOT / "tests" / "unit" / "data"
 
 
 def build(version: int = 3, cpus: int = 2, initrd=(0x4800_0000, 0x4900_0000),
-          bootargs: str = "console=ttyS0 rdinit=/init") -> bytes:
+          bootargs: str = "console=ttyS0 rdinit=/init", its: bool = False, pmu: bool = False) -> bytes:
     """The arm64 machine's tree with the devices placed as its builder places them (UART, test device, 2 virtio)."""
     vm = RecordingVm()
     devices = DeviceManager(vm, VIRTIO_SLOTS, irq_line_arg=gic.spi_irq_line)
@@ -34,8 +34,8 @@ def build(version: int = 3, cpus: int = 2, initrd=(0x4800_0000, 0x4900_0000),
         devices.add_virtio_devices([ConsoleDeviceConfig(), RngConfig()], lambda data: None)
         return devicetree.build(
             mpidrs=[0x8000_0000 | i for i in range(cpus)], memory_base=layout.RAM, memory_size=256 << 20,
-            gic=Gic(version, -1, cpus), bootargs=bootargs, initrd=initrd,
-            devices=devices.placements, stdout=console,
+            gic=Gic(version, -1, cpus, its_fd=-1 if its else None), bootargs=bootargs, initrd=initrd,
+            devices=devices.placements, stdout=console, pmu=pmu,
         )
     finally:
         devices.close()
@@ -86,3 +86,17 @@ def test_an_empty_command_line_is_an_empty_bootargs_string():
     import fdt
 
     assert bytes(fdt.parse_dtb(build(bootargs="")).get_property("bootargs", "/chosen").data) == b"\0"
+
+
+def test_its_and_pmu_nodes(dtc, tmp_path):
+    """--irqchip gicv3-its: an `msi-controller` child of the GIC at the layout's ITS frames; --pmu: the PMUv3 node
+    with its overflow PPI 7 (INTID 23), as QEMU's virt and kvmtool describe them."""
+    dts = decompile(dtc, build(3, its=True, pmu=True), tmp_path)
+    for needle in ("its@8080000 {", 'compatible = "arm,gic-v3-its"', "msi-controller;", "#msi-cells = <0x01>",
+                   "reg = <0x00 0x8080000 0x00 0x20000>", "ranges;", 'compatible = "arm,armv8-pmuv3"',
+                   "interrupts = <0x01 0x07 0x04>"):
+        assert needle in dts, needle
+    plain = decompile(dtc, build(3), tmp_path)
+    assert "its@" not in plain and "pmu" not in plain and "ranges" not in plain
+    # GICv2 PPIs carry the CPU mask (2 vCPUs: 0x03) in their flags, the PMU's as the timer's.
+    assert "interrupts = <0x01 0x07 0x304>" in decompile(dtc, build(2, pmu=True), tmp_path)

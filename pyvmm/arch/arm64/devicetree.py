@@ -12,6 +12,7 @@ from pyvmm.arch.arm64.gic import Gic
 from pyvmm.devices.placement import Placement
 
 GIC_PHANDLE = 1
+ITS_PHANDLE = 2
 IRQ_TYPE_SPI = 0
 IRQ_TYPE_PPI = 1
 IRQ_LEVEL_HIGH = 4
@@ -47,8 +48,9 @@ def device_node(placement: Placement) -> fdt.Node:
 
 
 def build(*, mpidrs: list[int], memory_base: int, memory_size: int, gic: Gic, bootargs: str,
-          initrd: tuple[int, int] | None, devices: list[Placement], stdout: Placement) -> bytes:
-    """`devices`: the MMIO placements, in the order they were made; `stdout`: the console's placement."""
+          initrd: tuple[int, int] | None, devices: list[Placement], stdout: Placement, pmu: bool = False) -> bytes:
+    """`devices`: the MMIO placements, in the order they were made; `stdout`: the console's placement; `pmu`: the
+    vCPUs have a PMUv3 (its node, like the timer's, is the board's: a per-CPU interrupt, no address)."""
     tree = fdt.FDT()
     root = tree.root
     for prop in (fdt.PropStrings("compatible", "linux,dummy-virt"), fdt.PropWords("#address-cells", 2),
@@ -69,10 +71,16 @@ def build(*, mpidrs: list[int], memory_base: int, memory_size: int, gic: Gic, bo
     reg: list[int] = []
     for base, size in gic.regions:
         reg += _cells64(base, size)
-    root.append(_node(f"intc@{layout.GIC_DIST:x}", fdt.PropStrings("compatible", gic.compatible),
-                      fdt.Property("interrupt-controller"), fdt.PropWords("#interrupt-cells", 3),
-                      fdt.PropWords("#address-cells", 2), fdt.PropWords("#size-cells", 2),
-                      fdt.PropWords("reg", *reg), fdt.PropWords("phandle", GIC_PHANDLE)))
+    intc = _node(f"intc@{layout.GIC_DIST:x}", fdt.PropStrings("compatible", gic.compatible),
+                 fdt.Property("interrupt-controller"), fdt.PropWords("#interrupt-cells", 3),
+                 fdt.PropWords("#address-cells", 2), fdt.PropWords("#size-cells", 2),
+                 fdt.PropWords("reg", *reg), fdt.PropWords("phandle", GIC_PHANDLE))
+    if gic.its is not None:  # a child of the GIC, in the root's address space (empty `ranges`), as on QEMU's virt
+        intc.append(fdt.Property("ranges"))
+        intc.append(_node(f"its@{gic.its[0]:x}", fdt.PropStrings("compatible", "arm,gic-v3-its"),
+                          fdt.Property("msi-controller"), fdt.PropWords("#msi-cells", 1),
+                          fdt.PropWords("reg", *_cells64(*gic.its)), fdt.PropWords("phandle", ITS_PHANDLE)))
+    root.append(intc)
 
     # GICv2 PPIs carry a CPU mask in bits 8-15 of the flags cell; GICv3 has none.
     ppi_flags = IRQ_LEVEL_HIGH | ((((1 << min(len(mpidrs), 8)) - 1) << 8) if gic.version == 2 else 0)
@@ -81,6 +89,9 @@ def build(*, mpidrs: list[int], memory_base: int, memory_size: int, gic: Gic, bo
         timer_irqs += [IRQ_TYPE_PPI, ppi, ppi_flags]
     root.append(_node("timer", fdt.PropStrings("compatible", "arm,armv8-timer"), fdt.Property("always-on"),
                       fdt.PropWords("interrupts", *timer_irqs)))
+    if pmu:
+        root.append(_node("pmu", fdt.PropStrings("compatible", "arm,armv8-pmuv3"),
+                          fdt.PropWords("interrupts", IRQ_TYPE_PPI, layout.PMU_PPI, ppi_flags)))
 
     root.append(_node("psci", fdt.PropStrings("compatible", "arm,psci-0.2"), fdt.PropStrings("method", "hvc")))
 

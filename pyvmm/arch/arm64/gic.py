@@ -1,4 +1,5 @@
-"""The in-kernel vGIC (v3, or v2 where the host has no v3), created with KVM_CREATE_DEVICE."""
+"""The in-kernel vGIC (v3, or v2 where the host has no v3), created with KVM_CREATE_DEVICE, and with
+`--irqchip gicv3-its` a GICv3 ITS (KVM_DEV_TYPE_ARM_VGIC_ITS: MSIs translated into LPIs in the kernel)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ class Gic:
     version: int  # 3 or 2
     fd: int
     cpus: int
+    its_fd: int | None = None  # the ITS, when asked for
+
+    @property
+    def its(self) -> tuple[int, int] | None:
+        """(base, size) of the ITS frames for its device-tree node, or None without one."""
+        return (layout.GIC_ITS, layout.GIC_ITS_SIZE) if self.its_fd is not None else None
 
     @property
     def regions(self) -> list[tuple[int, int]]:
@@ -41,13 +48,14 @@ def create(vm: Vm, cpus: int, choice: str) -> Gic:
     """Create the vGIC and place it. Call after the vCPUs exist, then `finalize`."""
     fd = None
     version = 0
-    if choice in ("auto", "gicv3"):
+    if choice in ("auto", "gicv3", "gicv3-its"):
         if cpus > layout.max_cpus_for_redistributors():
             raise UsageError(f"--cpus {cpus}: the GICv3 redistributor window holds {layout.max_cpus_for_redistributors()}")
         fd = _try_create(vm, c.KVM_DEV_TYPE_ARM_VGIC_V3)
         version = 3
-        if fd is None and choice == "gicv3":
-            raise KvmUnavailableError("this host's KVM cannot emulate a GICv3 (--irqchip gicv3): try --irqchip gicv2")
+        if fd is None and choice != "auto":
+            raise KvmUnavailableError(f"this host's KVM cannot emulate a GICv3 (--irqchip {choice}): try "
+                                      f"--irqchip gicv2")
     if fd is None:
         if cpus > layout.GIC_V2_MAX_CPUS:
             raise UsageError(f"--cpus {cpus}: a GICv2 serves at most {layout.GIC_V2_MAX_CPUS} vCPUs")
@@ -67,7 +75,20 @@ def create(vm: Vm, cpus: int, choice: str) -> Gic:
             set_device_attr(fd, group, c.KVM_VGIC_V2_ADDR_TYPE_CPU, layout.GIC_V2_CPU)
     except OSError as err:
         raise KvmUnavailableError(f"KVM refused the vGICv{version} addresses: {err.strerror}") from None
-    return Gic(version, fd, cpus)
+    return Gic(version, fd, cpus, _create_its(vm) if choice == "gicv3-its" else None)
+
+
+def _create_its(vm: Vm) -> int:
+    try:
+        its = vm.create_device(c.KVM_DEV_TYPE_ARM_VGIC_ITS)
+    except OSError as err:
+        raise KvmUnavailableError(f"this host's KVM cannot emulate a GICv3 ITS (KVM_DEV_TYPE_ARM_VGIC_ITS: "
+                                  f"{err.strerror}): use --irqchip gicv3") from None
+    try:
+        set_device_attr(its, c.KVM_DEV_ARM_VGIC_GRP_ADDR, c.KVM_VGIC_ITS_ADDR_TYPE, layout.GIC_ITS)
+    except OSError as err:
+        raise KvmUnavailableError(f"KVM refused the ITS address {layout.GIC_ITS:#x}: {err.strerror}") from None
+    return its
 
 
 def finalize(gic: Gic) -> None:
@@ -77,6 +98,11 @@ def finalize(gic: Gic) -> None:
         set_device_attr(gic.fd, c.KVM_DEV_ARM_VGIC_GRP_CTRL, c.KVM_DEV_ARM_VGIC_CTRL_INIT)
     except OSError as err:
         raise KvmUnavailableError(f"KVM could not initialise the vGICv{gic.version}: {err.strerror}") from None
+    if gic.its_fd is not None:
+        try:
+            set_device_attr(gic.its_fd, c.KVM_DEV_ARM_VGIC_GRP_CTRL, c.KVM_DEV_ARM_VGIC_CTRL_INIT)
+        except OSError as err:
+            raise KvmUnavailableError(f"KVM could not initialise the GICv3 ITS: {err.strerror}") from None
 
 
 def spi_irq_line(spi: int) -> int:

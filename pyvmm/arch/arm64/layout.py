@@ -4,6 +4,8 @@ GIC_DIST = 0x0800_0000
 GIC_DIST_SIZE = 0x1_0000
 GIC_V2_CPU = 0x0801_0000
 GIC_V2_CPU_SIZE = 0x2000
+GIC_ITS = 0x0808_0000  # --irqchip gicv3-its: the ITS's 64 KiB control + 64 KiB translation frames
+GIC_ITS_SIZE = 0x2_0000
 GIC_REDIST = 0x080A_0000
 GIC_REDIST_SIZE_PER_CPU = 0x2_0000
 GIC_REDIST_LIMIT = 0x0900_0000  # redistributors must end below the UART: 123 vCPUs
@@ -24,6 +26,9 @@ RAM = 0x4000_0000
 
 SPI_BASE = 32  # INTIDs of shared peripheral interrupts start here
 NR_IRQS = 128  # SPIs + PPIs + SGIs the vGIC is sized for (a multiple of 32)
+
+# --pmu: the PMU overflow interrupt, PPI 7 = INTID 23 (as QEMU's virt and kvmtool), in device-tree numbering.
+PMU_PPI = 7
 
 # Arch timer PPIs as device-tree interrupt numbers (INTID - 16): secure phys, non-secure phys, virtual, hypervisor.
 TIMER_PPIS = (13, 14, 11, 10)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyvmm.arch.arm64 import boot, devicetree, exits, gic, image, layout, vcpu_setup
+from pyvmm.arch.arm64 import boot, devicetree, exits, gic, image, layout, pmu, vcpu_setup
 from pyvmm.arch.machine import Machine, MachineContext, discard, read_image
 from pyvmm.devices import serial, testdev
 from pyvmm.devices.manager import DeviceManager, SlotWindow
@@ -42,12 +42,16 @@ def build(ctx: MachineContext) -> Machine:
         ctx.before_vcpus(vm)
         vm.add_ram(layout.RAM, spec.memory)
         target = vcpu_setup.preferred_target(vm)
+        if spec.pmu:
+            pmu.check(vm)
         for index in range(spec.cpus):
             vcpu = Vcpu(vm, index)
             vcpus.append(vcpu)
-            vcpu_setup.init_vcpu(vcpu, target, powered_off=index > 0)
+            vcpu_setup.init_vcpu(vcpu, target, powered_off=index > 0, features=pmu.VCPU_FEATURE if spec.pmu else 0)
         interrupt_controller = gic.create(vm, spec.cpus, spec.irqchip)
         gic.finalize(interrupt_controller)
+        if spec.pmu:
+            pmu.init(vcpus)  # after the vGIC's initialisation, which KVM's PMU init requires
 
         devices = DeviceManager(vm, VIRTIO_SLOTS, irq_line_arg=gic.spi_irq_line)
         uart = serial.Serial16550(ctx.console_output, devices.irq_setter(layout.UART_SPI), name="ttyS0")
@@ -64,7 +68,7 @@ def build(ctx: MachineContext) -> Machine:
         dtb = devicetree.build(
             mpidrs=[vcpu_setup.mpidr(v) for v in vcpus], memory_base=layout.RAM, memory_size=spec.memory,
             gic=interrupt_controller, bootargs=guest_bootargs(spec.cmdline, exact=kernel.raw or spec.nodefaults),
-            initrd=initrd_range, devices=devices.placements, stdout=console,
+            initrd=initrd_range, devices=devices.placements, stdout=console, pmu=spec.pmu,
         )
         if len(dtb) > layout.DTB_MAX_SIZE:
             raise UsageError(f"the generated device tree is {len(dtb)} bytes, over the 2 MiB the boot protocol allows: "
@@ -83,5 +87,6 @@ def build(ctx: MachineContext) -> Machine:
         arch=ARCH, vm=vm, vcpus=vcpus, devices=devices, arch_exits=exits.exits, uart=uart, testdev=test_device,
         dtb=dtb, console_input=devices.console_input(),
         description={"kernel": str(path), "kernel_address": placement.kernel, "dtb_address": placement.dtb,
-                     "initrd_address": placement.initrd, "gic": f"v{interrupt_controller.version}"},
+                     "initrd_address": placement.initrd, "gic": f"v{interrupt_controller.version}",
+                     "its": interrupt_controller.its is not None, "pmu": spec.pmu},
     )

@@ -20,15 +20,16 @@ def preferred_target(vm: Vm):
         raise KvmUnavailableError(f"KVM has no preferred arm64 vCPU target: {err.strerror}") from None
 
 
-def init_vcpu(vcpu: Vcpu, target, powered_off: bool) -> None:
-    """PSCI 0.2 for every vCPU; all but the boot vCPU start off until the guest's PSCI CPU_ON."""
+def init_vcpu(vcpu: Vcpu, target, powered_off: bool, features: int = 0) -> None:
+    """PSCI 0.2 for every vCPU; all but the boot vCPU start off until the guest's PSCI CPU_ON. `features`: more
+    KVM_ARM_VCPU_* bits for features[0] (e.g. the PMU's)."""
     if not vcpu.vm.check_extension(c.KVM_CAP_ARM_PSCI_0_2):
         raise KvmUnavailableError("this KVM lacks PSCI 0.2 (KVM_CAP_ARM_PSCI_0_2), which pyvmm uses to start vCPUs")
     init = new("struct kvm_vcpu_init *")
     init.target = target.target
     for i in range(7):
         init.features[i] = target.features[i]
-    features = 1 << c.KVM_ARM_VCPU_PSCI_0_2
+    features |= 1 << c.KVM_ARM_VCPU_PSCI_0_2
     if powered_off:
         features |= 1 << c.KVM_ARM_VCPU_POWER_OFF
     init.features[0] |= features
