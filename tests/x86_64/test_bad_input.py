@@ -30,6 +30,8 @@ def files(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("args, status, needle", [
+    (["-k", HELLO, "--cpus", "256"], 64, "at most 255 vCPUs"),
+    (["-k", HELLO, "--cpus", "512"], 64, "at most 255 vCPUs"),
     (["-k", "/dev/zero"], 66, "is a character device, not a regular file"),
     (["-k", "{FIFO}"], 66, "is a FIFO"),
     (["-k", "{DIR}"], 66, "is a directory"),

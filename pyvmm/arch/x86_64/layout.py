@@ -12,6 +12,10 @@ HIGH_RAM_START = 0x1_0000_0000
 TSS_ADDR = 0xFFFB_D000  # three pages KVM needs (Intel VMX real-mode emulation)
 IDENTITY_MAP_ADDR = 0xFFFB_C000
 
+# The interrupt controller is an xAPIC: 8-bit APIC IDs (CPUID leaf 1 EBX[31:24]), 0xFF being the broadcast ID.
+# Without x2APIC the machine has at most 255 vCPUs.
+MAX_CPUS = 255
+
 COM1_PORT = 0x3F8
 COM1_IRQ = 4
 TESTDEV_PORT = 0x500

@@ -9,7 +9,7 @@ from pyvmm.arch.x86_64 import boot, cpuid, exits, irqchip, layout
 from pyvmm.devices import serial, testdev
 from pyvmm.devices.manager import DeviceManager, SlotWindow
 from pyvmm.devices.placement import BUS_MMIO, BUS_PIO, Placement
-from pyvmm.errors import KvmUnavailableError
+from pyvmm.errors import KvmUnavailableError, UsageError
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 
@@ -42,6 +42,9 @@ def kernel_params(placements: list[Placement]) -> list[str]:
 
 def build(ctx: MachineContext) -> Machine:
     spec = ctx.spec
+    if spec.cpus > layout.MAX_CPUS:
+        raise UsageError(f"--cpus {spec.cpus}: this x86_64 machine has an xAPIC (8-bit APIC IDs), so at most "
+                         f"{layout.MAX_CPUS} vCPUs")
     if spec.initrd is not None:
         raise KvmUnavailableError("--initrd needs the Linux boot protocol, which pyvmm implements on arm64 only")
     path = spec.kernel
