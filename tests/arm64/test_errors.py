@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from tests.conftest import run_pyvmm
 
 
@@ -48,3 +50,14 @@ def test_irqchip_the_host_lacks_or_has():
     result = run_pyvmm("run", "--no-stdin", "--irqchip", "gicv2", timeout=120)
     if result.returncode != 0:  # a GICv3 host without v2 compatibility: a clear refusal
         one_line_error(result, 69, "GICv2")
+
+
+@pytest.mark.parametrize("text_offset, image_size, needle", [
+    (1 << 40, 4096, "text_offset"),
+    (0, 0x7FFF_FFFF_FFFF_F000, "image_size"),
+])
+def test_an_absurd_image_header_is_a_corrupt_image(tmp_path, text_offset, image_size, needle):
+    path = tmp_path / "Image"
+    path.write_bytes(struct.pack("<IIQQQQQQ4s4s", 0x14000010, 0, text_offset, image_size, 2, 0, 0, 0, b"ARM\x64",
+                                 bytes(4)) + bytes(4032))
+    one_line_error(run_pyvmm("run", "--no-stdin", "-k", str(path)), 65, needle)

@@ -111,6 +111,11 @@ def test_arm64_image_header_is_parsed_and_checked():
         arm_image.parse(arm64_header(image_size=100) + bytes(4032), "small")
     with pytest.raises(ImageError, match="corrupt"):
         arm_image.parse(b"\x1f\x8b\x08\x00garbage", "bad.gz")
+    # Absurd header values are a corrupt Image (65), not a VM short of memory (64).
+    with pytest.raises(ImageError, match="text_offset 0x200000 is not below 2 MiB: a corrupt Image header"):
+        arm_image.parse(arm64_header(text_offset=2 << 20) + bytes(4032), "far")
+    with pytest.raises(ImageError, match="image_size 0x7ffffffffffff000 is over 512 MiB: a corrupt Image header"):
+        arm_image.parse(arm64_header(image_size=0x7FFF_FFFF_FFFF_F000) + bytes(4032), "huge")
 
 
 def test_arm64_raw_binary_loads_at_ram_base_plus_0x80000():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from construct import Bytes, Const, Int32ul, Int64ul, Struct
 
+from pyvmm.arch.arm64 import layout
 from pyvmm.arch.machine import describe_foreign_image
 from pyvmm.errors import ImageError
 
@@ -83,6 +84,13 @@ def parse(data: bytes, path: str) -> ArmImage:
             )
         if text_offset % 4096:
             raise ImageError(f"{path}: text_offset {text_offset:#x} is not page aligned: a corrupt Image header")
+        # The kernel sits text_offset into a 2 MiB-aligned block (booting.rst), and no kernel occupies more than
+        # what a decompressed Image may hold: beyond either the header is corrupt, not the VM too small.
+        if text_offset >= layout.KERNEL_ALIGN:
+            raise ImageError(f"{path}: text_offset {text_offset:#x} is not below 2 MiB: a corrupt Image header")
+        if image_size > MAX_DECOMPRESSED:
+            raise ImageError(f"{path}: image_size {image_size:#x} is over {MAX_DECOMPRESSED >> 20} MiB: a corrupt "
+                             f"Image header")
         return ArmImage(data, text_offset, image_size)
     foreign = describe_foreign_image(data) or _describe_text(data)
     if foreign is not None:
