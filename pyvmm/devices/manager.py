@@ -14,6 +14,7 @@ devices before the VM's memory goes away.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 from pyvmm.devices.bus import Bus, Device
@@ -165,12 +166,16 @@ class DeviceManager:
     def close(self) -> None:
         """Stop the virtio devices (their workers use guest RAM) and take them off the bus."""
         for slot in self.virtio:
-            slot.worker.close()
-        for slot in self.virtio:
-            slot.device.close()
-            slot.interrupt.close()
-            slot.transport.close()
+            # The device's fds close after its worker has stopped: at once, or when a worker stuck in host I/O
+            # returns (closing them under it could hand their numbers to new fds it would then write).
+            slot.worker.close(then=partial(_release, slot))
             self.mmio.unregister(slot.transport)
         gone = {id(slot.placement) for slot in self.virtio}
         self.placements = [p for p in self.placements if id(p) not in gone]
         self.virtio.clear()
+
+
+def _release(slot: VirtioSlot) -> None:
+    slot.device.close()
+    slot.interrupt.close()
+    slot.transport.close()

@@ -2,7 +2,7 @@
 own file descriptors (a TAP) in, completions and interrupts (irqfd) out. No vCPU thread ever waits on device I/O.
 
 Callbacks run on the worker thread only; `watch`/`unwatch` may be called from callbacks (the selector is not
-shared with other threads). `stop()` may be called from any thread.
+shared with other threads). `close()` may be called from any thread.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
+# How long teardown waits for a device's worker: one notification's work is bounded (a ring's worth of chains),
+# so only host I/O that hangs (a dead NFS server) takes longer, and then stop must not wait for it.
+STOP_TIMEOUT = 2.0
+
 
 class DeviceWorker:
     def __init__(self, name: str) -> None:
@@ -24,6 +28,9 @@ class DeviceWorker:
         self._selector.register(self._stop_fd, selectors.EVENT_READ, None)
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._exit_lock = threading.Lock()
+        self._exited = False
+        self._late_release: Callable[[], None] | None = None
 
     def watch(self, fd: int, callback: Callable[[], None], drain_eventfd: bool = False) -> None:
         """Call `callback` when `fd` is readable; with drain_eventfd, the eventfd counter is read first."""
@@ -56,23 +63,48 @@ class DeviceWorker:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stopping:
-            for key, _ in self._selector.select():
-                if key.data is None:
-                    return
-                try:
-                    key.data()
-                except Exception:  # callbacks guard guest errors themselves; this is the last line against bugs
-                    log.exception("virtio worker %s: callback failed", self.name)
+        try:
+            while not self._stopping:
+                for key, _ in self._selector.select():
+                    if key.data is None:
+                        return
+                    try:
+                        key.data()
+                    except Exception:  # callbacks guard guest errors themselves; this is the last line against bugs
+                        log.exception("virtio worker %s: callback failed", self.name)
+        finally:
+            with self._exit_lock:
+                self._exited = True
+                release = self._late_release
+            if release is not None:
+                self._release(release)
 
-    def stop(self) -> None:
+    def close(self, then: Callable[[], None] | None = None, timeout: float = STOP_TIMEOUT) -> bool:
+        """Stop the thread, then close the worker's fds and call `then` (which releases what the callbacks use:
+        the device's fds). True when done; False when the thread is still inside a callback after `timeout`:
+        everything it may use then stays open, and the thread releases it when its callback returns, so no fd
+        number is reused under it and no memory it writes goes away (see GuestMemory.close)."""
         self._stopping = True
         os.eventfd_write(self._stop_fd, 1)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(10)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._exit_lock:
+            if thread is not None and not self._exited:
+                self._late_release = then or _nothing
+                if thread is not threading.current_thread():
+                    log.warning("virtio worker %s is still busy after %.0f s: it is left to finish on its own",
+                                self.name, timeout)
+                return False
         self._thread = None
+        self._release(then or _nothing)
+        return True
 
-    def close(self) -> None:
-        self.stop()
+    def _release(self, then: Callable[[], None]) -> None:
         self._selector.close()
         os.close(self._stop_fd)
+        then()
+
+
+def _nothing() -> None:
+    pass
