@@ -84,9 +84,3 @@ class GuestMemoryError(Exception):
     Not a PyvmmError: the guest caused it, so devices catch it and report it to the guest; it never ends pyvmm.
     """
 
-
-# Old names, kept until every user has moved to ExitStatus.
-EXIT_GUEST_REBOOT = ExitStatus.REBOOT
-EXIT_TIMEOUT = ExitStatus.TIMEOUT
-EXIT_INTERRUPTED = ExitStatus.SIGINT
-EXIT_TERMINATED = ExitStatus.SIGTERM

@@ -75,7 +75,7 @@ def parse_affinity(req: dict) -> dict[int, set[int]]:
 
 def dispatch(req: Any, controller: "IdleController", vmm: "Vmm") -> dict:
     """Run one request against a running VM; never raises for a bad request or a refused change."""
-    from pyvmm.vmm.outcome import VmOutcome
+    from pyvmm.outcome import VmOutcome
 
     try:
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):

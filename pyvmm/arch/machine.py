@@ -16,7 +16,7 @@ from pyvmm.kvm.vm import Vm
 from pyvmm.spec import VmSpec
 
 if TYPE_CHECKING:
-    from pyvmm.vmm.outcome import VmOutcome
+    from pyvmm.outcome import VmOutcome
 
 
 @dataclass

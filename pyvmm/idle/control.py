@@ -20,7 +20,7 @@ from pyvmm.idle.host import HostInfo, probe_host
 from pyvmm.idle.hostcontext import unpinned_threshold_warning
 from pyvmm.idle.policy import IdlePolicy, check_affinity
 from pyvmm.kvm.vm import Vm
-from pyvmm.vmm.outcome import StopLatch, VmOutcome
+from pyvmm.outcome import StopLatch, VmOutcome
 
 if TYPE_CHECKING:
     from pyvmm.idle.measure import VcpuStatsSampler

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from pyvmm.idle.control import IdleController, warn_on_stderr
 from pyvmm.spec import IdleSpec
-from pyvmm.vmm.outcome import VmOutcome
+from pyvmm.outcome import VmOutcome
 
 if TYPE_CHECKING:
     from pyvmm.api.server import ControlServer

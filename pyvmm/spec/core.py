@@ -87,7 +87,7 @@ class IdleSpec:
 
 @dataclass
 class TestingSpec:
-    """Console checks, a deadline, and `-- CMD` (boot an initramfs built around a command; pyvmm.testing.features)."""
+    """Console checks, a deadline, and `-- CMD` (boot an initramfs built around a command; pyvmm.vmm.checks, pyvmm.initramfs.feature)."""
 
     timeout: float | None = None  # seconds
     expect: re.Pattern[str] | None = None

@@ -19,7 +19,7 @@ from pyvmm.errors import ExitStatus, PyvmmError, UsageError
 from pyvmm.spec import VmSpec
 from pyvmm.spec.options import RunOptions, build_spec
 from pyvmm.testing.console import Console, ConsoleTimeout
-from pyvmm.vmm.outcome import VmOutcome
+from pyvmm.outcome import VmOutcome
 
 if TYPE_CHECKING:
     from pyvmm.arch.machine import Machine as BuiltMachine

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Generic, Protocol, TypeVar
 
 from pyvmm.kvm.vm import Vm
-from pyvmm.vmm.outcome import VmOutcome
+from pyvmm.outcome import VmOutcome
 
 if TYPE_CHECKING:
     from pyvmm.vmm.vmm import Vmm

@@ -21,7 +21,7 @@ from pyvmm.errors import MissingFileError
 from pyvmm.spec import VmSpec
 from pyvmm.vmm.console import ConsoleOutput
 from pyvmm.vmm.lifecycle import Feature
-from pyvmm.vmm.outcome import FinalStatus, VmOutcome, final_status
+from pyvmm.outcome import FinalStatus, VmOutcome, final_status
 from pyvmm.vmm.vmm import Vmm
 
 
@@ -50,7 +50,8 @@ class VmRun:
     def __init__(self, spec: VmSpec, extra: Sequence[Feature] = ()) -> None:
         """`extra`: features of the caller's own, subscribed after the spec's and closed like them."""
         from pyvmm.idle.feature import IdleFeature
-        from pyvmm.testing.features import CommandInitramfs, ConsoleChecks
+        from pyvmm.initramfs.feature import CommandInitramfs
+        from pyvmm.vmm.checks import ConsoleChecks
 
         self.spec = spec.validate()
         for note in spec.ignored():

@@ -24,7 +24,7 @@ from pyvmm_bindings import constants as c
 from pyvmm.errors import ExitStatus
 from pyvmm.kvm.ioctl import ffi
 from pyvmm.kvm.vcpu import VALUE_MASK
-from pyvmm.vmm.outcome import StopLatch, VmOutcome
+from pyvmm.outcome import StopLatch, VmOutcome
 
 if TYPE_CHECKING:
     from pyvmm.arch.machine import ArchExits

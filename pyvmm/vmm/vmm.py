@@ -7,14 +7,14 @@ import signal
 import threading
 from contextlib import ExitStack
 
-from pyvmm.arch import host_arch, machine_module
+from pyvmm.arch import machine_module
 from pyvmm.arch.machine import Machine, MachineContext
 from pyvmm.errors import ExitStatus, UsageError
 from pyvmm.kvm.system import Kvm
 from pyvmm.spec import VmSpec
 from pyvmm.vmm.console import ConsoleInput, ConsoleOutput
 from pyvmm.vmm.lifecycle import Lifecycle
-from pyvmm.vmm.outcome import StopLatch, VmOutcome
+from pyvmm.outcome import StopLatch, VmOutcome
 from pyvmm.vmm.vcpu_thread import VcpuThread, install_kick_handler
 
 

@@ -1,5 +1,5 @@
-"""How `pyvmm run -- CMD` turns the guest's report into its own exit status (pyvmm.testing.features and
-pyvmm.vmm.outcome.final_status), with a stand-in for the Vmm: the console marker, the test device, and a guest that
+"""How `pyvmm run -- CMD` turns the guest's report into its own exit status (pyvmm.vmm.checks and
+pyvmm.outcome.final_status), with a stand-in for the Vmm: the console marker, the test device, and a guest that
 reports nothing."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 from pyvmm.errors import ExitStatus
 from pyvmm import spec
-from pyvmm.testing.features import ConsoleChecks, ConsoleWatch
+from pyvmm.vmm.checks import ConsoleChecks, ConsoleWatch
 from pyvmm.vmm.lifecycle import Lifecycle
-from pyvmm.vmm.outcome import VmOutcome, final_status
+from pyvmm.outcome import VmOutcome, final_status
 
 POWER_OFF = VmOutcome(ExitStatus.OK, "the guest powered off")
 

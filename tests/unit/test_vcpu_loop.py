@@ -17,7 +17,7 @@ from pyvmm.devices.bus import Bus
 from pyvmm.errors import ExitStatus
 from pyvmm.kvm.ioctl import ffi
 from pyvmm.kvm.vcpu import IO_EXIT, IO_OFFSET, MMIO_DATA_OFFSET, MMIO_EXIT, MMIO_OFFSET, RunPage
-from pyvmm.vmm.outcome import StopLatch
+from pyvmm.outcome import StopLatch
 from pyvmm.vmm.vcpu_thread import VcpuState, VcpuThread, install_kick_handler
 
 PAGE_SIZE = 0x2000

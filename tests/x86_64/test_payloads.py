@@ -103,7 +103,7 @@ def test_idle_guest_data_is_collected():
 
 
 def test_pause_resume_and_stop_a_running_vm():
-    from pyvmm.vmm.outcome import VmOutcome
+    from pyvmm.outcome import VmOutcome
 
     vmm = make_vmm("idle", 100000, 1000, cpus=2)
     outcome_box: list = []

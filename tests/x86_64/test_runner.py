@@ -16,7 +16,7 @@ from pyvmm.kvm.vm import Vm
 from pyvmm.spec import ConsoleSpec, VmSpec
 from pyvmm.spec.options import RunOptions, build_spec
 from pyvmm.testing import Machine
-from pyvmm.vmm.outcome import VmOutcome
+from pyvmm.outcome import VmOutcome
 from pyvmm.vmm.runner import VmRun, run_vm
 from pyvmm.vmm.vmm import Vmm
 

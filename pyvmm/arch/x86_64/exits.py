@@ -9,7 +9,7 @@ from pyvmm.arch.machine import ArchExits
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import ExitStatus
 from pyvmm.kvm.vcpu import IO_EXIT, IO_OFFSET, UNPACK_VALUE, Vcpu
-from pyvmm.vmm.outcome import VmOutcome
+from pyvmm.outcome import VmOutcome
 
 
 def exits(vcpu: Vcpu, pio_bus: Bus) -> ArchExits:

@@ -1,24 +1,17 @@
-"""The testing features of a run: console checks (--expect, --fail-on), a deadline (--timeout), and `-- CMD`
-(an initramfs built around a command, whose exit status becomes the run's; the exit channel is described in
-pyvmm/initramfs/command.py and the README). Configured by a TestingSpec; pyvmm.vmm.runner subscribes them.
-"""
+"""Console checks of a run (--expect, --fail-on, the marker of `-- CMD`) and its deadline (--timeout): a feature
+configured by the TestingSpec that pyvmm.vmm.runner subscribes, whose verdict final_status weighs."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import re
-import tempfile
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyvmm.errors import ExitStatus
-from pyvmm.spec import TestingSpec, VmSpec
-from pyvmm.vmm.outcome import ConsoleVerdict, VmOutcome
+from pyvmm.spec import TestingSpec
+from pyvmm.outcome import ConsoleVerdict, VmOutcome
 
 if TYPE_CHECKING:
-    from pyvmm.kvm.vm import Vm
     from pyvmm.vmm.vmm import Vmm
 
 LINE_LIMIT = 4096  # longest console line kept for matching; longer lines are matched in pieces
@@ -120,40 +113,3 @@ class ConsoleChecks:
             timer.cancel()
             timer.join()
         self.watch.vmm = None
-
-
-class CommandInitramfs:
-    """`-- CMD`: writes the initramfs to a temporary file the machine boots, removed as soon as it has been read."""
-
-    def __init__(self, spec: VmSpec) -> None:
-        from pyvmm.initramfs import command as cmd
-
-        testing = spec.testing
-        request = cmd.CommandSpec(command=list(testing.command), busybox=testing.busybox or cmd.find_busybox(spec.arch),
-                                  adds=[cmd.parse_add(a) for a in testing.adds], exit_mmio=cmd.exit_mmio_for(spec.arch))
-        data = cmd.build(request, spec.arch).to_gzip(level=1)  # speed over size: it is read once from the page cache
-        fd, name = tempfile.mkstemp(prefix="pyvmm-initramfs-", suffix=".cpio.gz")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        self.path: Path | None = Path(name)
-
-    def boot_spec(self, spec: VmSpec) -> VmSpec:
-        """The spec the machine is built from: this initramfs, and a command line made for running one command."""
-        words = spec.cmdline.split()
-        if not any(w.startswith("panic=") for w in words):
-            words.append("panic=-1")  # a panic ends the VM (status 80) instead of hanging it
-        if not any(w in ("quiet", "debug") or w.startswith("loglevel=") for w in words):
-            words.append("quiet")  # the command's output, not the boot log, is what the user asked for
-        return dataclasses.replace(spec, initrd=self.path, cmdline=" ".join(words))
-
-    def subscribe(self, vmm: "Vmm") -> None:
-        # The machine has read the initramfs by the time vCPUs are created: remove the temporary file early.
-        vmm.events.before_vcpus.subscribe(self._remove)
-
-    def _remove(self, vm: "Vm | None" = None) -> None:
-        path, self.path = self.path, None
-        if path is not None:
-            path.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        self._remove()

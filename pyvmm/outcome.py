@@ -46,7 +46,7 @@ class StopLatch:
 
 @dataclass(frozen=True)
 class ConsoleVerdict:
-    """What the console checks and `-- CMD` saw (pyvmm.testing.features), for final_status."""
+    """What the console checks and `-- CMD` saw (pyvmm.vmm.checks), for final_status."""
 
     expect: str | None = None  # the --expect pattern, when one was given
     expect_matched: bool = False
