@@ -9,7 +9,8 @@ Response: {"ok": true, "result": ...}  or  {"ok": false, "error": "one line"}
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+import os
+from typing import TYPE_CHECKING, Any, Iterable
 
 from pyvmm.errors import ExitStatus, PyvmmError
 from pyvmm.idle.apply import IdleChange, IdlePolicyError
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from pyvmm.idle.control import IdleController
     from pyvmm.vmm.vmm import Vmm
 
-COMMANDS = ("policy", "set", "pin", "pause", "resume", "stop", "stats", "state")
+COMMANDS = ("policy", "set", "pin", "pause", "resume", "stop", "stats", "state", "info")
 MAX_LINE = 64 * 1024
 
 
@@ -90,10 +91,10 @@ def dispatch(req: Any, controller: "IdleController", vmm: "Vmm") -> dict:
         if cmd == "stats":
             return {"ok": True, "result": controller.sample()}
         if cmd == "state":
-            # VcpuState members are plain strings (or an Enum in older cores): report the name either way.
-            return {"ok": True, "result": {"vcpus": [{"index": t.vcpu.index,
-                                                      "state": str(getattr(t.state, "value", t.state))}
-                                                     for t in vmm.threads]}}
+            vcpus = [{"index": t.vcpu.index, "state": _state_name(t.state)} for t in vmm.threads]
+            return {"ok": True, "result": {"state": overall_state(v["state"] for v in vcpus), "vcpus": vcpus}}
+        if cmd == "info":
+            return {"ok": True, "result": vm_info(vmm)}
         if cmd == "pause":
             if not vmm.pause():
                 return refusal("not every vCPU could be paused (some have stopped)", ExitStatus.SOFTWARE)
@@ -124,6 +125,31 @@ def refusal_status(err: Exception) -> ExitStatus:
     if isinstance(err, IdlePolicyError):
         return ExitStatus.UNAVAILABLE
     return ExitStatus.USAGE
+
+
+def _state_name(state: object) -> str:
+    # VcpuState members are plain strings (or an Enum in older cores): report the name either way.
+    return str(getattr(state, "value", state))
+
+
+def overall_state(vcpu_states: Iterable[str]) -> str:
+    """The VM's state from its vCPUs': running while any runs, else paused, created (starting) or stopped."""
+    states = set(vcpu_states)
+    for state in ("running", "paused", "created", "stopped"):
+        if state in states:
+            return state
+    return "created"
+
+
+def vm_info(vmm: "Vmm") -> dict:
+    """What `pyvmm list` shows of one VM (docs/API.md, `info`)."""
+    from pyvmm.api.registry import ProcessClock
+
+    spec = vmm.spec
+    pid = os.getpid()
+    return {"name": spec.name, "pid": pid, "state": overall_state(_state_name(t.state) for t in vmm.threads),
+            "vcpus": spec.cpus, "memory_bytes": spec.memory, "kernel": str(spec.kernel or "hello"),
+            "uptime_s": ProcessClock(pid).uptime_s()}
 
 
 def encode(obj: dict) -> bytes:

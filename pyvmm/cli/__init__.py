@@ -17,6 +17,7 @@ class LazyGroup(click.Group):
         "probe": ("pyvmm.cli.probe", "probe"),
         "ctl": ("pyvmm.cli.ctl", "ctl"),
         "guests": ("pyvmm.cli.guests", "guests"),
+        "list": ("pyvmm.cli.listing", "list_vms"),
         "bench": ("pyvmm.cli.bench", "bench"),
         "initramfs": ("pyvmm.cli.initramfs", "initramfs"),
         "kvm-unit-tests": ("pyvmm.cli.kvm_unit_tests", "kvm_unit_tests"),

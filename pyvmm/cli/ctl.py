@@ -1,17 +1,29 @@
-"""`pyvmm ctl PATH ...`: talk to a running VM's control socket (`pyvmm run --api-socket PATH`)."""
+"""`pyvmm ctl NAME|SOCKET ...`: talk to a running VM's control socket (docs/API.md), found by the VM's name
+(`pyvmm run --name`, `pyvmm list`) or by its path (`pyvmm run --api-socket PATH`); `--all` for every named VM."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import click
 
+ALL_COMMANDS = ("pause", "resume", "stop", "state")  # what --all applies to
 
-def _client(path: str):
+
+def _client(path: Path):
     from pyvmm.api.client import Client
 
-    return Client(path)
+    return Client(str(path))
+
+
+def _one(targets: list[Path]) -> Path:
+    if len(targets) != 1:
+        from pyvmm.errors import UsageError
+
+        raise UsageError(f"--all applies to {', '.join(ALL_COMMANDS)} only: name one VM for this command")
+    return targets[0]
 
 
 def _print_policy(policy: dict, as_json: bool) -> None:
@@ -20,21 +32,39 @@ def _print_policy(policy: dict, as_json: bool) -> None:
     click.echo(json.dumps(policy, indent=2) if as_json else "\n".join(render_policy(policy)))
 
 
-@click.group()
-@click.argument("path", metavar="SOCKET")
+class CtlGroup(click.Group):
+    """`ctl --all COMMAND` takes no NAME: without this, click would read COMMAND as the NAME argument."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        first = next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))
+        if "--all" in args[:first]:
+            args = [*args[:first], "", *args[first:]]  # an empty NAME, ignored with --all
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=CtlGroup)
+@click.option("--all", "all_vms", is_flag=True,
+              help=f"Every running named VM (for {', '.join(ALL_COMMANDS)}; `pyvmm list` shows them).")
+@click.argument("target", metavar="NAME|SOCKET")
 @click.pass_context
-def ctl(ctx: click.Context, path: str) -> None:
+def ctl(ctx: click.Context, all_vms: bool, target: str) -> None:
     """Control a running VM through its control socket (see docs/API.md): read and change its idle policy, pin its
-    vCPUs, pause, resume or stop it, and watch its idle statistics."""
-    ctx.obj = path
+    vCPUs, pause, resume or stop it, and watch its idle statistics.
+
+    NAME is the VM's name (`pyvmm run --name`, `pyvmm list`); SOCKET a path to a control socket (`pyvmm run
+    --api-socket PATH`; a path has a /). Examples: `pyvmm ctl guest-1234 state`, `pyvmm ctl --all stop`.
+    """
+    from pyvmm.api import registry
+
+    ctx.obj = registry.running() if all_vms else [registry.resolve(target)]
 
 
 @ctl.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def policy(path: str, as_json: bool) -> int:
+def policy(targets: list[Path], as_json: bool) -> int:
     """Show the idle policy in force and where each setting comes from."""
-    with _client(path) as c:
+    with _client(_one(targets)) as c:
         _print_policy(c.request("policy"), as_json)
     return 0
 
@@ -46,7 +76,7 @@ def policy(path: str, as_json: bool) -> int:
               help="arm64: the full set of passed-through instructions (bits can only be added).")
 @click.option("--json", "as_json", is_flag=True, help="Print the resulting policy as JSON.")
 @click.pass_obj
-def set_(path: str, wfx_trap_threshold, halt_poll_ns, wfx_passthrough, as_json: bool) -> int:
+def set_(targets: list[Path], wfx_trap_threshold, halt_poll_ns, wfx_passthrough, as_json: bool) -> int:
     """Change idle settings of the running VM. A refused change leaves the VM unchanged: status 64 for a value that
     cannot work, 69 when KVM or this architecture cannot apply it."""
     args: dict = {}
@@ -58,7 +88,7 @@ def set_(path: str, wfx_trap_threshold, halt_poll_ns, wfx_passthrough, as_json: 
         args["wfx_passthrough"] = [x.strip() for x in wfx_passthrough.split(",") if x.strip()]
     if not args:
         raise click.UsageError("give at least one of --wfx-trap-threshold, --halt-poll-ns, --wfx-passthrough")
-    with _client(path) as c:
+    with _client(_one(targets)) as c:
         _print_policy(c.request("set", **args), as_json)
     return 0
 
@@ -67,8 +97,8 @@ def set_(path: str, wfx_trap_threshold, halt_poll_ns, wfx_passthrough, as_json: 
 @click.argument("affinity", metavar="VCPU=CPUS,...")
 @click.option("--json", "as_json", is_flag=True, help="Print the resulting policy as JSON.")
 @click.pass_obj
-def pin(path: str, affinity: str, as_json: bool) -> int:
-    """Pin vCPU threads to host CPUs, e.g. `0=1` or `0=0-1,1=1`."""
+def pin(targets: list[Path], affinity: str, as_json: bool) -> int:
+    """Pin vCPU threads to host CPUs (e.g. 0=1, or 0=0-1,1=1)."""
     from pyvmm.errors import UsageError
     from pyvmm.idle.policy import PolicyParseError, parse_affinity
 
@@ -76,17 +106,27 @@ def pin(path: str, affinity: str, as_json: bool) -> int:
         parsed = parse_affinity(affinity)
     except PolicyParseError as err:
         raise UsageError(str(err)) from None
-    with _client(path) as c:
+    with _client(_one(targets)) as c:
         _print_policy(c.request("pin", affinity={str(k): sorted(v) for k, v in parsed.items()}), as_json)
     return 0
 
 
+def _each(targets: list[Path], cmd: str, **args) -> list[tuple[Path, dict]]:
+    results = []
+    for path in targets:
+        with _client(path) as c:
+            results.append((path, c.request(cmd, **args)))
+    return results
+
+
 def _simple(name: str, help_text: str):
     @click.pass_obj
-    def command(path: str, **kw) -> int:
-        with _client(path) as c:
-            result = c.request(name, **kw)
-        click.echo(result.get("state", "ok"))
+    def command(targets: list[Path], **kw) -> int:
+        from pyvmm.api.registry import name_of
+
+        for path, result in _each(targets, name, **kw):
+            prefix = f"{name_of(path)}: " if len(targets) > 1 else ""
+            click.echo(f"{prefix}{result.get('state', 'ok')}")
         return 0
 
     command.__doc__ = help_text
@@ -101,6 +141,23 @@ ctl.command(name="stop")(click.option("--status", type=click.IntRange(0, 255), d
 
 
 @ctl.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def state(targets: list[Path], as_json: bool) -> int:
+    """Show the VM's state (running, paused, created, stopped) and each vCPU's."""
+    from pyvmm.api.registry import name_of
+
+    for path, result in _each(targets, "state"):
+        if as_json:
+            click.echo(json.dumps({"name": name_of(path), **result}))
+            continue
+        vcpus = ", ".join(f"vCPU {v['index']} {v['state']}" for v in result["vcpus"])
+        prefix = f"{name_of(path)}: " if len(targets) > 1 else ""
+        click.echo(f"{prefix}{result['state']} ({vcpus})")
+    return 0
+
+
+@ctl.command()
 @click.option("--interval", type=click.FloatRange(0.05, 3600), default=1.0, show_default=True,
               help="Seconds between the two samples a rate is computed from.")
 @click.option("--watch", type=click.FloatRange(0.05, 3600), metavar="SECONDS",
@@ -108,7 +165,7 @@ ctl.command(name="stop")(click.option("--status", type=click.IntRange(0, 255), d
 @click.option("--count", type=click.IntRange(1), help="With --watch: stop after this many intervals.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per interval (rates + raw totals).")
 @click.pass_obj
-def stats(path: str, interval: float, watch: float | None, count: int | None, as_json: bool) -> int:
+def stats(targets: list[Path], interval: float, watch: float | None, count: int | None, as_json: bool) -> int:
     """Per-second rates per vCPU: exits, WFI/WFE exits (arm64), HLT exits (x86), halt wait and poll time (% of
     the interval), host CPU% of the vCPU thread, the CPU it last ran on and that CPU's runqueue depth."""
     from pyvmm.api.client import ApiError
@@ -116,7 +173,7 @@ def stats(path: str, interval: float, watch: float | None, count: int | None, as
 
     step = watch or interval
     n = 0
-    with _client(path) as c:
+    with _client(_one(targets)) as c:
         before = c.request("stats")
         while True:
             time.sleep(step)

@@ -65,12 +65,17 @@ class SizeParam(click.ParamType):
 @click.option("--debug", is_flag=True, help="Log what pyvmm does and show tracebacks for errors.")
 @click.option("--loglevel", type=click.Choice(["error", "warning", "info", "debug"]), default="warning",
               show_default=True, help="How much pyvmm logs on stderr (kvmtool's option); debug as --debug's log.")
+@click.option("--name", metavar="NAME",
+              help="The VM's name in `pyvmm list` and for `pyvmm ctl NAME` (default: guest-PID, shown with --debug). "
+                   "Its control socket is NAME.sock in $XDG_RUNTIME_DIR/pyvmm (root: /run/pyvmm) unless "
+                   "--api-socket puts it elsewhere.")
 @click.option("--network", metavar="mode=none",
               help="kvmtool's spelling for no network device (pyvmm's default); use --net for one.")
 @run_options
 def run(kernel: Path | None, initrd: Path | None, cmdline: str, memory: int, cpus: int, guest_args: tuple[int, ...],
         irqchip: str, pmu: bool, nodefaults: bool, on_reboot: str, dump_dtb: Path | None, console_log: Path | None,
-        no_stdin: bool, debug: bool, loglevel: str, network: str | None, **options: object) -> int:
+        no_stdin: bool, debug: bool, loglevel: str, name: str | None, network: str | None,
+        **options: object) -> int:
     """Boot a VM and run it until the guest powers off, exits or is stopped.
 
     Exit status: the guest's own status (test device EXIT, or 0 on power-off); 80 when the guest reboots with
@@ -83,10 +88,19 @@ def run(kernel: Path | None, initrd: Path | None, cmdline: str, memory: int, cpu
 
         logging.basicConfig(level=logging.DEBUG if debug else getattr(logging, loglevel.upper()), stream=sys.stderr,
                             format="pyvmm: %(name)s: %(message)s")
+    from pyvmm.api import registry
     from pyvmm.vmm.runner import run_vm
 
-    spec = build_spec(kernel=kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=cpus, guest_args=guest_args,
-                      irqchip=irqchip, pmu=pmu, nodefaults=nodefaults, on_reboot=on_reboot, dump_dtb=dump_dtb,
+    name = registry.check_name(name) if name else registry.generated_name()
+    if options.get("api_socket") is None:
+        options["api_socket"] = str(registry.claim(name))
+    if debug:
+        click.echo(f"pyvmm: VM {name}, control socket {options['api_socket']}", err=True)
+    if not no_stdin and sys.stdin.isatty():
+        click.echo(f"pyvmm: Ctrl-a x quits ({name} in `pyvmm list`)", err=True)
+    spec = build_spec(name=name, kernel=kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=cpus,
+                      guest_args=guest_args, irqchip=irqchip, pmu=pmu, nodefaults=nodefaults, on_reboot=on_reboot,
+                      dump_dtb=dump_dtb,
                       console_log=console_log, stdin=not no_stdin, debug=debug,
                       options=RunOptions.from_mapping(options))
     result = run_vm(spec)

@@ -103,8 +103,17 @@ class Vcpu:
         # KVM_RUN as a C-level partial: the vCPU loop calls it once per exit. < 0 means failed, errno in ffi.errno.
         self.enter: Callable[[], int] = partial(bindings.lib.ioctl, self.fd, bindings.KVM_RUN, ffi.NULL)
         self.thread_id: int | None = None  # native TID once its thread runs (for CPU time and affinity)
+        # Opened now, while no thread is in KVM_RUN: a vCPU ioctl waits for the vCPU's mutex, which KVM_RUN holds for
+        # as long as the vCPU is blocked (an x86 AP waiting for its SIPI: forever).
+        try:
+            self._stats_fd = ioctl(self.fd, bindings.KVM_GET_STATS_FD)
+        except OSError:
+            self._stats_fd = -1  # a kernel without binary stats (< 5.14): stats_fd() raises as it always did
 
     def close(self) -> None:
+        if self._stats_fd >= 0:
+            os.close(self._stats_fd)
+            self._stats_fd = -1
         if self.fd >= 0:
             self.page.release()
             self._run_mmap.close()
@@ -137,6 +146,10 @@ class Vcpu:
         ioctl(self.fd, request_code, holder)
 
     def stats_fd(self) -> int:
+        """A new stats fd (the caller owns it): a duplicate of the one opened with the vCPU, so that a running
+        vCPU is never waited for."""
+        if self._stats_fd >= 0:
+            return os.dup(self._stats_fd)
         return ioctl(self.fd, bindings.KVM_GET_STATS_FD)
 
     def set_cpuid2(self, cpuid: Any) -> None:

@@ -105,6 +105,7 @@ class TestingSpec:
 class VmSpec:
     """Everything needed to build and run one VM."""
 
+    name: str = ""  # what `pyvmm list` shows and `pyvmm ctl NAME` finds (pyvmm.api.registry)
     kernel: Path | None = None  # None: the bundled hello guest; a bundled guest by name unless such a file exists
     initrd: Path | None = None
     cmdline: str = ""

@@ -138,7 +138,7 @@ def network_mode(value: str | None) -> None:
                      f"use --net tap=NAME[,mac=...]")
 
 
-def build_spec(*, kernel: PathLike | None = None, initrd: PathLike | None = None, cmdline: str = "",
+def build_spec(*, name: str = "", kernel: PathLike | None = None, initrd: PathLike | None = None, cmdline: str = "",
                memory: int | str = "256M", cpus: int = 1, guest_args: Iterable[int] = (), irqchip: str = "auto",
                on_reboot: str = "exit", dump_dtb: PathLike | None = None, console_log: PathLike | None = None,
                stdin: bool = True, echo: bool = True, debug: bool = False, pmu: bool = False,
@@ -150,7 +150,7 @@ def build_spec(*, kernel: PathLike | None = None, initrd: PathLike | None = None
     if options.console_kind == "virtio" and "console=" not in cmdline and not nodefaults:
         cmdline = f"{cmdline} {VIRTIO_CONSOLE_PARAMS}".strip()
     return VmSpec(
-        kernel=_path(kernel), initrd=_path(initrd), cmdline=cmdline,
+        name=name, kernel=_path(kernel), initrd=_path(initrd), cmdline=cmdline,
         memory=memory if isinstance(memory, int) else parse_size(memory), cpus=int(cpus),
         guest_args=[int(a) for a in guest_args], irqchip=irqchip, pmu=pmu, nodefaults=nodefaults,
         on_reboot=on_reboot, dtb_dump=_path(dump_dtb),
