@@ -7,9 +7,10 @@ import sys
 import click
 
 from pyvmm import __version__
+from pyvmm.cli.helpfmt import ReferenceGroup
 
 
-class LazyGroup(click.Group):
+class LazyGroup(ReferenceGroup):
     """Subcommands are imported on demand: `pyvmm run` must not pay for `probe`'s imports."""
 
     commands_by_module = {
@@ -17,6 +18,7 @@ class LazyGroup(click.Group):
         "probe": ("pyvmm.cli.probe", "probe"),
         "ctl": ("pyvmm.cli.ctl", "ctl"),
         "guests": ("pyvmm.cli.guests", "guests"),
+        "help": ("pyvmm.cli.help", "help_"),
         "list": ("pyvmm.cli.listing", "list_vms"),
         "bench": ("pyvmm.cli.bench", "bench"),
         "initramfs": ("pyvmm.cli.initramfs", "initramfs"),

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
+
+from pyvmm.cli.helpfmt import ReferenceGroup
 
 ALL_COMMANDS = ("pause", "resume", "stop", "state")  # what --all applies to
 
@@ -18,12 +21,24 @@ def _client(path: Path):
     return Client(str(path))
 
 
-def _one(targets: list[Path]) -> Path:
-    if len(targets) != 1:
-        from pyvmm.errors import UsageError
+@dataclass(frozen=True)
+class Targets:
+    """The VMs a ctl command addresses, resolved when the command runs (so `ctl NAME CMD --help` needs no VM)."""
 
-        raise UsageError(f"--all applies to {', '.join(ALL_COMMANDS)} only: name one VM for this command")
-    return targets[0]
+    target: str
+    all_vms: bool
+
+    def paths(self) -> list[Path]:
+        from pyvmm.api import registry
+
+        return registry.running() if self.all_vms else [registry.resolve(self.target)]
+
+    def one(self) -> Path:
+        if self.all_vms:
+            from pyvmm.errors import UsageError
+
+            raise UsageError(f"--all applies to {', '.join(ALL_COMMANDS)} only: name one VM for this command")
+        return self.paths()[0]
 
 
 def _print_policy(policy: dict, as_json: bool) -> None:
@@ -32,7 +47,7 @@ def _print_policy(policy: dict, as_json: bool) -> None:
     click.echo(json.dumps(policy, indent=2) if as_json else "\n".join(render_policy(policy)))
 
 
-class CtlGroup(click.Group):
+class CtlGroup(ReferenceGroup):
     """`ctl --all COMMAND` takes no NAME: without this, click would read COMMAND as the NAME argument."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -54,17 +69,15 @@ def ctl(ctx: click.Context, all_vms: bool, target: str) -> None:
     NAME is the VM's name (`pyvmm run --name`, `pyvmm list`); SOCKET a path to a control socket (`pyvmm run
     --api-socket PATH`; a path has a /). Examples: `pyvmm ctl guest-1234 state`, `pyvmm ctl --all stop`.
     """
-    from pyvmm.api import registry
-
-    ctx.obj = registry.running() if all_vms else [registry.resolve(target)]
+    ctx.obj = Targets(target, all_vms)
 
 
 @ctl.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def policy(targets: list[Path], as_json: bool) -> int:
+def policy(targets: Targets, as_json: bool) -> int:
     """Show the idle policy in force and where each setting comes from."""
-    with _client(_one(targets)) as c:
+    with _client(targets.one()) as c:
         _print_policy(c.request("policy"), as_json)
     return 0
 
@@ -76,7 +89,7 @@ def policy(targets: list[Path], as_json: bool) -> int:
               help="arm64: the full set of passed-through instructions (bits can only be added).")
 @click.option("--json", "as_json", is_flag=True, help="Print the resulting policy as JSON.")
 @click.pass_obj
-def set_(targets: list[Path], wfx_trap_threshold, halt_poll_ns, wfx_passthrough, as_json: bool) -> int:
+def set_(targets: Targets, wfx_trap_threshold, halt_poll_ns, wfx_passthrough, as_json: bool) -> int:
     """Change idle settings of the running VM. A refused change leaves the VM unchanged: status 64 for a value that
     cannot work, 69 when KVM or this architecture cannot apply it."""
     args: dict = {}
@@ -88,7 +101,7 @@ def set_(targets: list[Path], wfx_trap_threshold, halt_poll_ns, wfx_passthrough,
         args["wfx_passthrough"] = [x.strip() for x in wfx_passthrough.split(",") if x.strip()]
     if not args:
         raise click.UsageError("give at least one of --wfx-trap-threshold, --halt-poll-ns, --wfx-passthrough")
-    with _client(_one(targets)) as c:
+    with _client(targets.one()) as c:
         _print_policy(c.request("set", **args), as_json)
     return 0
 
@@ -97,8 +110,8 @@ def set_(targets: list[Path], wfx_trap_threshold, halt_poll_ns, wfx_passthrough,
 @click.argument("affinity", metavar="VCPU=CPUS,...")
 @click.option("--json", "as_json", is_flag=True, help="Print the resulting policy as JSON.")
 @click.pass_obj
-def pin(targets: list[Path], affinity: str, as_json: bool) -> int:
-    """Pin vCPU threads to host CPUs (e.g. 0=1, or 0=0-1,1=1)."""
+def pin(targets: Targets, affinity: str, as_json: bool) -> int:
+    """Pin vCPU threads to host CPUs: 0=1 puts vCPU 0 on CPU 1, 0=0-1,1=1 lets vCPU 0 use CPUs 0 and 1."""
     from pyvmm.errors import UsageError
     from pyvmm.idle.policy import PolicyParseError, parse_affinity
 
@@ -106,14 +119,14 @@ def pin(targets: list[Path], affinity: str, as_json: bool) -> int:
         parsed = parse_affinity(affinity)
     except PolicyParseError as err:
         raise UsageError(str(err)) from None
-    with _client(_one(targets)) as c:
+    with _client(targets.one()) as c:
         _print_policy(c.request("pin", affinity={str(k): sorted(v) for k, v in parsed.items()}), as_json)
     return 0
 
 
-def _each(targets: list[Path], cmd: str, **args) -> list[tuple[Path, dict]]:
+def _each(targets: Targets, cmd: str, **args) -> list[tuple[Path, dict]]:
     results = []
-    for path in targets:
+    for path in targets.paths():
         with _client(path) as c:
             results.append((path, c.request(cmd, **args)))
     return results
@@ -121,11 +134,11 @@ def _each(targets: list[Path], cmd: str, **args) -> list[tuple[Path, dict]]:
 
 def _simple(name: str, help_text: str):
     @click.pass_obj
-    def command(targets: list[Path], **kw) -> int:
+    def command(targets: Targets, **kw) -> int:
         from pyvmm.api.registry import name_of
 
         for path, result in _each(targets, name, **kw):
-            prefix = f"{name_of(path)}: " if len(targets) > 1 else ""
+            prefix = f"{name_of(path)}: " if targets.all_vms else ""
             click.echo(f"{prefix}{result.get('state', 'ok')}")
         return 0
 
@@ -143,7 +156,7 @@ ctl.command(name="stop")(click.option("--status", type=click.IntRange(0, 255), d
 @ctl.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def state(targets: list[Path], as_json: bool) -> int:
+def state(targets: Targets, as_json: bool) -> int:
     """Show the VM's state (running, paused, created, stopped) and each vCPU's."""
     from pyvmm.api.registry import name_of
 
@@ -152,7 +165,7 @@ def state(targets: list[Path], as_json: bool) -> int:
             click.echo(json.dumps({"name": name_of(path), **result}))
             continue
         vcpus = ", ".join(f"vCPU {v['index']} {v['state']}" for v in result["vcpus"])
-        prefix = f"{name_of(path)}: " if len(targets) > 1 else ""
+        prefix = f"{name_of(path)}: " if targets.all_vms else ""
         click.echo(f"{prefix}{result['state']} ({vcpus})")
     return 0
 
@@ -165,7 +178,7 @@ def state(targets: list[Path], as_json: bool) -> int:
 @click.option("--count", type=click.IntRange(1), help="With --watch: stop after this many intervals.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per interval (rates + raw totals).")
 @click.pass_obj
-def stats(targets: list[Path], interval: float, watch: float | None, count: int | None, as_json: bool) -> int:
+def stats(targets: Targets, interval: float, watch: float | None, count: int | None, as_json: bool) -> int:
     """Per-second rates per vCPU: exits, WFI/WFE exits (arm64), HLT exits (x86), halt wait and poll time (% of
     the interval), host CPU% of the vCPU thread, the CPU it last ran on and that CPU's runqueue depth."""
     from pyvmm.api.client import ApiError
@@ -173,7 +186,7 @@ def stats(targets: list[Path], interval: float, watch: float | None, count: int 
 
     step = watch or interval
     n = 0
-    with _client(_one(targets)) as c:
+    with _client(targets.one()) as c:
         before = c.request("stats")
         while True:
             time.sleep(step)

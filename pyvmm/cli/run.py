@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from pyvmm.cli.helpfmt import SectionedCommand
 from pyvmm.cli.run_options import run_options
 from pyvmm.spec import parse_size
 from pyvmm.spec.core import IRQCHIPS
@@ -27,7 +28,27 @@ class SizeParam(click.ParamType):
             self.fail(str(err), param, ctx)
 
 
-@click.command()
+SECTIONS = {
+    "Guest": ["kernel", "initrd", "cmdline", "guest_args", "nodefaults", "on_reboot", "name"],
+    "CPUs and memory": ["cpus", "memory", "irqchip", "pmu"],
+    "Console": ["console_kind", "console_log", "no_stdin"],
+    "Devices": ["disks", "nets", "rng", "vsock", "network"],
+    "Idle tuning": ["wfx_trap_threshold", "wfx_passthrough", "halt_poll_ns", "idle_exits", "cpu_affinity",
+                    "allow_fallback", "cap_numbers", "api_socket", "stats_json"],
+    "Testing": ["test_timeout", "test_expect", "test_fail_on", "test_adds", "test_busybox", "test_command"],
+    "Debug": ["debug", "loglevel", "dump_dtb"],
+}
+EXAMPLES = [
+    ("pyvmm run", "the bundled hello guest"),
+    ("pyvmm run -k exits --guest-arg 1000", "a bundled guest by name, with its argument (pyvmm guests lists them)"),
+    ("pyvmm run --name web -k idle --guest-arg 100000000 &", "a named VM: pyvmm list, pyvmm ctl web state"),
+    ("pyvmm run -k Image -i initrd.gz -p rdinit=/init -m 512M -c 2", "arm64 Linux"),
+    ("pyvmm run -k Image --timeout 60 --expect 'login:'", "a boot test: exit 0 once the console matches"),
+    ("pyvmm run -k Image -- sh -c 'cat /proc/cpuinfo'", "run a command in the guest (arm64), get its status"),
+]
+
+
+@click.command(cls=SectionedCommand, sections=SECTIONS, examples=EXAMPLES)
 @click.option("-k", "--kernel", type=click.Path(path_type=Path),
               help="Guest to boot: a bundled guest by name (hello, exits, idle, hostile: see `pyvmm guests`; a file "
                    "of that name in the current directory wins, write ./NAME to be explicit), an arm64 Linux Image "
