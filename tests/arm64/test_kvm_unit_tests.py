@@ -40,9 +40,11 @@ def run_suite(tests: list[str], *options: str, timeout: str = TIMEOUT) -> dict[s
     result = run_pyvmm("kvm-unit-tests", str(KUT), *tests, "--json", "--timeout", timeout, *options,
                        timeout=60 + float(timeout) * len(tests))
     stderr = result.stderr.decode(errors="replace")
-    print(stderr)  # the per-test lines, for the lane log
     assert result.stdout, f"no JSON report (status {result.returncode}): {stderr[-2000:]}"
-    return {entry["name"]: entry for entry in json.loads(result.stdout)["results"]}
+    entries = json.loads(result.stdout)["results"]
+    for entry in entries:  # for the lane log: each verdict with its wall time
+        print(f"{entry['verdict']} {entry['name']} ({entry['reason'] or entry['summary']}) {entry['seconds']:.1f} s")
+    return {entry["name"]: entry for entry in entries}
 
 
 def verdicts(results: dict[str, dict]) -> dict[str, str]:
@@ -60,7 +62,7 @@ def test_every_test_kvmtool_passes_passes_on_the_stock_kernel(lane_host_kernel):
     assert not failed, failed
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(2400)
 @pytest.mark.parametrize("policy", [["--wfx-trap-threshold", "0"], ["--wfx-passthrough", "wfi"]],
                          ids=["trap-threshold-0", "passthrough-wfi"])
 def test_an_idle_policy_breaks_no_test_on_the_wfx_kernel(lane_host_kernel, policy):
