@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from pyvmm.errors import ExitStatus
 from pyvmm.spec import TestingSpec
@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from pyvmm.vmm.vmm import Vmm
 
 LINE_LIMIT = 4096  # longest console line kept for matching; longer lines are matched in pieces
+# A match inside a line waits this long for the line's end (a prompt such as "login: " never gets one).
+LINE_GRACE_S = 0.2
 
 
 class ConsoleWatch:
@@ -34,6 +36,8 @@ class ConsoleWatch:
         self.stopped = False  # a verdict was reached: matching more lines is pointless
         self.marker_status: int | None = None
         self.vmm: "Vmm | None" = None
+        self._pending: Callable[[str], VmOutcome] | None = None  # a verdict waiting for the end of its line
+        self._grace: threading.Timer | None = None
 
     def __call__(self, data: bytes) -> None:
         text = data.decode("utf-8", errors="replace").replace("\r", "")
@@ -48,14 +52,17 @@ class ConsoleWatch:
 
     def _check(self, line: str, complete: bool) -> None:
         if self.stopped:
+            if complete and self._pending is not None:
+                self._stop_pending(line)  # the matched line is whole: stop now
             return
         if self.fail_on is not None and self.fail_on.search(line):
-            self.stopped = True
-            self._stop(VmOutcome(ExitStatus.FAILED, f"the console matched --fail-on {self.fail_on.pattern!r}: "
-                                                    f"{line.strip()[:200]}", error=True))
+            failed = f"the console matched --fail-on {self.fail_on.pattern!r}"
+            self._verdict(lambda whole: VmOutcome(ExitStatus.FAILED, f"{failed}: {whole.strip()[:200]}", error=True),
+                          line, complete)
         elif self.expect is not None and not self.expect_matched and self.expect.search(line):
-            self.expect_matched = self.stopped = True
-            self._stop(VmOutcome(ExitStatus.OK, f"the console matched --expect {self.expect.pattern!r}"))
+            self.expect_matched = True
+            passed = f"the console matched --expect {self.expect.pattern!r}"
+            self._verdict(lambda whole: VmOutcome(ExitStatus.OK, passed), line, complete)
         if complete and self.marker:
             from pyvmm.initramfs.command import EXIT_MARKER
 
@@ -63,9 +70,33 @@ class ConsoleWatch:
             if len(words) == 2 and words[0] == EXIT_MARKER and words[1].isdigit():
                 self.marker_status = int(words[1]) & 0xFF
 
-    def _stop(self, outcome: VmOutcome) -> None:
-        if self.vmm is not None:
-            self.vmm.stop(outcome)
+    def _verdict(self, outcome: Callable[[str], VmOutcome], line: str, complete: bool) -> None:
+        """Stop at the end of the matched line: now if it is whole, else when it ends or after LINE_GRACE_S."""
+        self.stopped = True
+        self._pending = outcome
+        if complete:
+            self._stop_pending(line)
+            return
+        self._grace = threading.Timer(LINE_GRACE_S, lambda: self._stop_pending(self.line))
+        self._grace.daemon = True
+        self._grace.start()
+
+    def _stop_pending(self, line: str) -> None:
+        outcome, self._pending = self._pending, None
+        if outcome is not None and self.vmm is not None:
+            self.vmm.stop(outcome(line))
+
+    def end_line(self) -> None:
+        """Once the VM has ended: a verdict that cut a line (a prompt) still leaves the console on a new line."""
+        if self.stopped and self.line and self.vmm is not None:
+            self.line = ""
+            self.vmm.output(b"\n")
+
+    def close(self) -> None:
+        grace, self._grace = self._grace, None
+        if grace is not None:
+            grace.cancel()
+        self.vmm = None
 
 
 class ConsoleChecks:
@@ -97,6 +128,7 @@ class ConsoleChecks:
         self.timer.start()
 
     def _finished(self, outcome: VmOutcome) -> None:
+        self.watch.end_line()
         vmm = self.watch.vmm
         if vmm is not None and vmm.machine is not None:
             self.testdev_status = vmm.machine.testdev.exit_status
@@ -112,4 +144,4 @@ class ConsoleChecks:
         if timer is not None:
             timer.cancel()
             timer.join()
-        self.watch.vmm = None
+        self.watch.close()

@@ -87,3 +87,47 @@ def test_watch_matches_growing_lines_once_and_bounds_them():
     for byte in feed:
         watch2(bytes([byte]))
     assert [o.status for o in vmm2.stopped] == [ExitStatus.FAILED]
+
+
+class RecordingVmm(FakeVmm):
+    def __init__(self) -> None:
+        super().__init__()
+        self.printed = bytearray()
+        self.output = RecordingOutput(self.printed)
+
+
+class RecordingOutput:
+    def __init__(self, printed: bytearray) -> None:
+        self.printed = printed
+        self.listeners: list = []
+
+    def __call__(self, data: bytes) -> None:
+        self.printed += data
+
+
+def test_a_match_inside_a_line_stops_at_its_end_with_the_whole_line():
+    vmm = FakeVmm()
+    watch = ConsoleWatch(None, re.compile("BUG:"), marker=False)
+    watch.vmm = vmm  # type: ignore[assignment]
+    watch(b"[ 1.0] BUG: unable")
+    assert vmm.stopped == []  # not mid-line
+    watch(b" to handle page fault\nnext line\n")
+    (outcome,) = vmm.stopped
+    assert outcome.status == ExitStatus.FAILED and outcome.reason.endswith("BUG: unable to handle page fault")
+    watch.close()
+
+
+def test_a_prompt_stops_after_the_grace_and_the_console_ends_on_a_new_line():
+    import time
+
+    from pyvmm.vmm.checks import LINE_GRACE_S
+
+    vmm = RecordingVmm()
+    checks = ConsoleChecks(spec.TestingSpec(expect=re.compile("login:")))
+    checks.subscribe(vmm)  # type: ignore[arg-type]
+    checks.watch(b"host login: ")
+    time.sleep(LINE_GRACE_S + 0.3)
+    assert [o.status for o in vmm.stopped] == [0]
+    vmm.events.finished.emit(vmm.stopped[0])
+    assert bytes(vmm.printed) == b"\n"
+    checks.close()

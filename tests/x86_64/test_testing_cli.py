@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pyvmm_guests
+import pytest
 
 from tests.conftest import run_pyvmm
 
@@ -18,6 +19,16 @@ def test_expect_succeeds_as_soon_as_the_console_matches(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(b"Hello from the pyvmm x86_64 guest")
     assert log.read_bytes().startswith(b"Hello from the pyvmm x86_64 guest")
+
+
+@pytest.mark.parametrize("check", ["--expect", "--fail-on"])
+def test_a_match_finishes_the_console_line_before_stopping(tmp_path, check):
+    log = tmp_path / "console.log"
+    result = run_pyvmm("run", "--no-stdin", check, "Hello", "--console-log", str(log))
+    assert result.returncode == (0 if check == "--expect" else 1), result.stderr
+    assert result.stdout == log.read_bytes() == b"Hello from the pyvmm x86_64 guest\n"
+    if check == "--fail-on":
+        assert result.stderr.decode().rstrip().endswith("Hello from the pyvmm x86_64 guest")
 
 
 def test_expect_fails_when_the_guest_ends_first():
