@@ -44,13 +44,19 @@ def _try_create(vm: Vm, device_type: int) -> int | None:
         return None
 
 
+def check_cpus(cpus: int, choice: str) -> None:
+    """Refuse a vCPU count no vGIC of this layout can serve, before any vCPU (three fds each) is created."""
+    if choice == "gicv2" and cpus > layout.GIC_V2_MAX_CPUS:
+        raise UsageError(f"--cpus {cpus}: a GICv2 serves at most {layout.GIC_V2_MAX_CPUS} vCPUs")
+    if cpus > layout.max_cpus_for_redistributors():
+        raise UsageError(f"--cpus {cpus}: the GICv3 redistributor window holds {layout.max_cpus_for_redistributors()}")
+
+
 def create(vm: Vm, cpus: int, choice: str) -> Gic:
-    """Create the vGIC and place it. Call after the vCPUs exist, then `finalize`."""
+    """Create the vGIC and place it. Call after the vCPUs exist (and `check_cpus` before), then `finalize`."""
     fd = None
     version = 0
     if choice in ("auto", "gicv3", "gicv3-its"):
-        if cpus > layout.max_cpus_for_redistributors():
-            raise UsageError(f"--cpus {cpus}: the GICv3 redistributor window holds {layout.max_cpus_for_redistributors()}")
         fd = _try_create(vm, c.KVM_DEV_TYPE_ARM_VGIC_V3)
         version = 3
         if fd is None and choice != "auto":

@@ -41,6 +41,7 @@ def build(ctx: MachineContext) -> Machine:
     try:
         ctx.before_vcpus(vm)
         vm.add_ram(layout.RAM, spec.memory)
+        gic.check_cpus(spec.cpus, spec.irqchip)
         target = vcpu_setup.preferred_target(vm)
         if spec.pmu:
             pmu.check(vm)
