@@ -21,7 +21,7 @@ CAPABILITIES = [
     ("KVM_CAP_DEVICE_CTRL", "in-kernel devices (vGIC)", ("arm64",)),
     ("KVM_CAP_ARM_PSCI_0_2", "vCPU power control", ("arm64",)),
     ("KVM_CAP_ARM_VM_IPA_SIZE", "guest physical address bits", ("arm64",)),
-    ("KVM_CAP_ARM_PMU_V3", "guest PMU", ("arm64",)),
+    ("KVM_CAP_ARM_PMU_V3", "guest PMU (--pmu)", ("arm64",)),
     ("KVM_CAP_ARM_SVE", "guest SVE", ("arm64",)),
     ("KVM_CAP_IRQCHIP", "in-kernel PIC/IOAPIC/LAPIC", ("x86_64",)),
     ("KVM_CAP_PIT2", "in-kernel PIT", ("x86_64",)),
@@ -69,7 +69,8 @@ def _arm_irqchips(vm) -> dict:
     from pyvmm_bindings import constants as c
 
     found = {}
-    for name, dev in (("gicv3", c.KVM_DEV_TYPE_ARM_VGIC_V3), ("gicv2", c.KVM_DEV_TYPE_ARM_VGIC_V2)):
+    for name, dev in (("gicv3", c.KVM_DEV_TYPE_ARM_VGIC_V3), ("gicv3-its", c.KVM_DEV_TYPE_ARM_VGIC_ITS),
+                      ("gicv2", c.KVM_DEV_TYPE_ARM_VGIC_V2)):
         try:
             vm.create_device(dev, test_only=True)
             found[name] = True

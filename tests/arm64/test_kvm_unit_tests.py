@@ -86,3 +86,10 @@ def test_bad_input_gets_one_line(tmp_path):
     assert result.returncode == 64 and b"no test no-such-test" in result.stderr
     result = run_pyvmm("kvm-unit-tests", str(KUT), "-g", "no-such-group", timeout=60)
     assert result.returncode == 64 and b"no group no-such-group" in result.stderr
+
+
+def test_probe_reports_the_its_and_the_pmu(lane_host_kernel):
+    report = json.loads(run_pyvmm("probe", "--json", timeout=120).stdout)
+    assert report["irqchips"]["gicv3-its"] is True
+    # Debian's kernel gives guests a PMU; the custom WFx kernel is built without one.
+    assert report["capabilities"]["KVM_CAP_ARM_PMU_V3"]["present"] is (lane_host_kernel.kind == "stock")
