@@ -177,8 +177,12 @@ def state(targets: Targets, as_json: bool) -> int:
               help="Repeat every SECONDS (rates over that interval) until the VM ends or Ctrl-C.")
 @click.option("--count", type=click.IntRange(1), help="With --watch: stop after this many intervals.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per interval (rates + raw totals).")
+@click.option("--all", "all_columns", is_flag=True,
+              help="Also the columns of stats this host's KVM does not have (wfi/s and wfe/s on x86_64, halt/s on "
+                   "arm64), as -.")
 @click.pass_obj
-def stats(targets: Targets, interval: float, watch: float | None, count: int | None, as_json: bool) -> int:
+def stats(targets: Targets, interval: float, watch: float | None, count: int | None, as_json: bool,
+          all_columns: bool) -> int:
     """Per-second rates per vCPU: exits, WFI/WFE exits (arm64), HLT exits (x86), halt wait and poll time (% of
     the interval), host CPU% of the vCPU thread, the CPU it last ran on and that CPU's runqueue depth."""
     from pyvmm.api.client import ApiError
@@ -203,7 +207,7 @@ def stats(targets: Targets, interval: float, watch: float | None, count: int | N
                 if n:
                     click.echo("")
                 click.echo(f"over {iv['interval_s']:.2f} s:")
-                click.echo("\n".join(render_interval(iv)))
+                click.echo("\n".join(render_interval(iv, all_columns)))
             n += 1
             before = after
             if not watch or (count is not None and n >= count):

@@ -19,6 +19,8 @@ RATE_STATS = ("exits", "wfi_exit_stat", "wfe_exit_stat", "halt_exits", "halt_wak
               "halt_successful_poll", "halt_attempted_poll",
               "halt_wait_ns", "halt_poll_success_ns", "halt_poll_fail_ns")
 
+NS_TO_PERCENT = 100 / 1e9  # a *_ns rate (ns per second) as % of the time
+
 
 class VcpuStatsSampler:
     """Owns one stats fd per vCPU (opened once: the descriptors are parsed once) and reads them on demand.
@@ -45,7 +47,7 @@ class VcpuStatsSampler:
             reader = self.readers.get(v.index)
             if reader is not None and reader.fd >= 0:
                 snap = reader.snapshot()
-                entry["stats"] = {d.name: d.natural(snap.raw[d.name][0]) for d in snap.layout.descriptors
+                entry["stats"] = {d.name: d.named_value(snap.raw[d.name][0]) for d in snap.layout.descriptors
                                   if d.size == 1 and d.type in (StatType.CUMULATIVE, StatType.INSTANT,
                                                                 StatType.PEAK)}
             if v.thread_id is not None:
@@ -77,7 +79,7 @@ def interval(before: dict, after: dict) -> dict:
     """Per-second rates between two samples of the same VM.
 
     Per vCPU: {"index", "rates": {stat: per second}, "cpu_percent", "wait_percent", "last_cpu", "runqueue"}.
-    Time stats become "seconds per second" (1.0 = the whole interval); cpu_percent 100 = one host CPU.
+    Time stats (*_ns) become nanoseconds per second (1e9 = the whole interval); cpu_percent 100 = one host CPU.
     """
     dt = (after["monotonic_ns"] - before["monotonic_ns"]) / 1e9
     if dt <= 0:
@@ -125,25 +127,34 @@ def totals(first: dict | None, last: dict) -> dict:
     return {"vcpus": out}
 
 
-def render_interval(iv: dict) -> list[str]:
-    """A table of one interval's rates (what `pyvmm ctl stats` prints)."""
-    lines = [f"{'vCPU':>4} {'exits/s':>9} {'wfi/s':>8} {'wfe/s':>8} {'halt/s':>8} {'wait%':>6} "
-             f"{'poll%':>6} {'hostCPU%':>8} {'cpu':>4} {'runq':>5}"]
+# (header, width, format, whether the column is dropped when no vCPU has a value: a stat another architecture has)
+_COLUMNS = [("vCPU", 4, "d", False), ("exits/s", 9, ".0f", False), ("wfi/s", 8, ".0f", True), ("wfe/s", 8, ".0f", True),
+            ("halt/s", 8, ".0f", True), ("wait%", 6, ".1f", False), ("poll%", 6, ".1f", True),
+            ("hostCPU%", 8, ".1f", False), ("cpu", 4, "d", False), ("runq", 5, "d", False)]
 
-    def f(x: float | None, fmt: str, w: int) -> str:
-        return f"{'-':>{w}}" if x is None else f"{x:>{w}{fmt}}"
 
-    for row in iv["vcpus"]:
-        r = row["rates"]
-        poll = None
-        if "halt_poll_success_ns" in r or "halt_poll_fail_ns" in r:
-            poll = 100.0 * (r.get("halt_poll_success_ns", 0.0) + r.get("halt_poll_fail_ns", 0.0))
-        wait = 100.0 * r["halt_wait_ns"] if "halt_wait_ns" in r else None
-        lines.append(f"{row['index']:>4} {f(r.get('exits'), '.0f', 9)} {f(r.get('wfi_exit_stat'), '.0f', 8)} "
-                     f"{f(r.get('wfe_exit_stat'), '.0f', 8)} {f(r.get('halt_exits'), '.0f', 8)} "
-                     f"{f(wait, '.1f', 6)} {f(poll, '.1f', 6)} {f(row['cpu_percent'], '.1f', 8)} "
-                     f"{'-' if row['last_cpu'] is None else row['last_cpu']:>4} "
-                     f"{'-' if row['runqueue'] is None else row['runqueue']:>5}")
+def _row_values(row: dict) -> list:
+    r = row["rates"]
+    poll = None
+    if "halt_poll_success_ns" in r or "halt_poll_fail_ns" in r:
+        poll = NS_TO_PERCENT * (r.get("halt_poll_success_ns", 0.0) + r.get("halt_poll_fail_ns", 0.0))
+    wait = NS_TO_PERCENT * r["halt_wait_ns"] if "halt_wait_ns" in r else None
+    return [row["index"], r.get("exits"), r.get("wfi_exit_stat"), r.get("wfe_exit_stat"), r.get("halt_exits"), wait,
+            poll, row["cpu_percent"], row["last_cpu"], row["runqueue"]]
+
+
+def render_interval(iv: dict, all_columns: bool = False) -> list[str]:
+    """A table of one interval's rates (what `pyvmm ctl stats` prints): the columns of stats this host's KVM does
+    not have (wfi/s on x86_64, halt/s on arm64) are left out unless `all_columns`."""
+    rows = [_row_values(row) for row in iv["vcpus"]]
+    keep = [i for i, (_, _, _, optional) in enumerate(_COLUMNS)
+            if all_columns or not optional or any(values[i] is not None for values in rows)]
+
+    def cell(value: object, width: int, fmt: str) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}{fmt}}"
+
+    lines = [" ".join(f"{_COLUMNS[i][0]:>{_COLUMNS[i][1]}}" for i in keep)]
+    lines += [" ".join(cell(values[i], _COLUMNS[i][1], _COLUMNS[i][2]) for i in keep) for values in rows]
     return lines
 
 

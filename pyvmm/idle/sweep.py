@@ -37,7 +37,7 @@ class RunMeasure:
     contention: int | None  # busy tasks per vCPU CPU during the run; None: no --contend
     duration_s: float
     periods: int
-    stats: dict[str, Any]  # vCPU 0's KVM statistics over the whole run (every period), natural units: *_ns in s
+    stats: dict[str, Any]  # vCPU 0's KVM statistics over the whole run (every period): *_ns in ns, as named
     interval_stats: dict[str, Any]  # the same over duration_s only: for rates and shares of time
     cpu_s: float | None  # host CPU time of vCPU 0's thread over duration_s
     latencies_us: list[float]  # guest-measured wake-up latency of each period
@@ -69,11 +69,15 @@ def _mean_of(values: list[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _ns_to_s(value: float | None) -> float | None:
+    return None if value is None else value / 1e9
+
+
 def _poll_s(r: RunMeasure) -> float | None:
     st = r.interval_stats
     if "halt_poll_success_ns" not in st and "halt_poll_fail_ns" not in st:
         return None
-    return st.get("halt_poll_success_ns", 0) + st.get("halt_poll_fail_ns", 0)
+    return (st.get("halt_poll_success_ns", 0) + st.get("halt_poll_fail_ns", 0)) / 1e9
 
 
 def _idle(kind: str) -> Callable[[RunMeasure], float | None]:
@@ -101,7 +105,7 @@ METRICS: list[Metric] = [
     Metric("wfe_per_period", "wfe/period", ".2f", _per_period("wfe_exit_stat"), "WFE traps per idle period"),
     Metric("halt_per_period", "halt/period", ".2f", _per_period("halt_exits"), "halt exits per idle period"),
     Metric("halt_wait_percent", "halt wait %", ".1f",
-           _share_of_run(lambda r: r.interval_stats.get("halt_wait_ns"))),
+           _share_of_run(lambda r: _ns_to_s(r.interval_stats.get("halt_wait_ns")))),
     Metric("poll_percent", "poll %", ".1f", _share_of_run(_poll_s)),
     Metric("host_cpu_ms", "host CPU ms", ".1f", lambda r: None if r.cpu_s is None else 1e3 * r.cpu_s),
     Metric("host_cpu_percent", "host CPU %", ".1f", _share_of_run(lambda r: r.cpu_s),

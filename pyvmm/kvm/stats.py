@@ -158,6 +158,15 @@ class StatDescriptor:
             return raw * base**self.exponent  # exact for e.g. pages -> bytes
         return raw * self.scale
 
+    def named_value(self, raw: int) -> int | float | bool:
+        """The value in the unit its name says, for JSON readers: a time stat named *_ns in integer nanoseconds
+        (halt_wait_ns holds ns, not the seconds `natural` gives), anything else in natural units."""
+        if self.unit is StatUnit.SECONDS and self.name.endswith("_ns"):
+            if self.base is StatBase.POW10 and self.exponent == -9:
+                return raw  # what KVM reports: exact
+            return round(raw * self.scale * 1e9)
+        return self.natural(raw)
+
     def bucket_bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Lower and upper bounds of each bucket in natural units (histograms only)."""
         n = self.size

@@ -19,15 +19,15 @@ def sample(t_s, **vcpu):
 
 
 def test_interval_rates_per_second_and_percentages():
-    a = sample(10, stats={"exits": 100, "wfi_exit_stat": 50, "halt_wait_ns": 0.5, "blocking": False}, cpu_s=1.0,
-               wait_s=0.0, last_cpu=1)
-    b = sample(12, stats={"exits": 1100, "wfi_exit_stat": 1050, "halt_wait_ns": 2.1, "blocking": True}, cpu_s=1.5,
-               wait_s=0.02, last_cpu=1)
+    a = sample(10, stats={"exits": 100, "wfi_exit_stat": 50, "halt_wait_ns": 500_000_000, "blocking": False},
+               cpu_s=1.0, wait_s=0.0, last_cpu=1)
+    b = sample(12, stats={"exits": 1100, "wfi_exit_stat": 1050, "halt_wait_ns": 2_100_000_000, "blocking": True},
+               cpu_s=1.5, wait_s=0.02, last_cpu=1)
     iv = interval(a, b)
     row = iv["vcpus"][0]
     assert iv["interval_s"] == 2
     assert row["rates"]["exits"] == 500 and row["rates"]["wfi_exit_stat"] == 500
-    assert row["rates"]["halt_wait_ns"] == pytest.approx(0.8)  # seconds waited per second
+    assert row["rates"]["halt_wait_ns"] == pytest.approx(0.8e9)  # ns waited per second, as the name says
     assert row["cpu_percent"] == pytest.approx(25) and row["wait_percent"] == pytest.approx(1)
     assert row["runqueue"] == 2
     table = "\n".join(render_interval(iv))
@@ -36,11 +36,18 @@ def test_interval_rates_per_second_and_percentages():
         interval(b, a)
 
 
+def test_the_table_shows_only_the_stats_this_host_has():
+    x86 = interval(sample(0, stats={"exits": 0, "halt_exits": 0}), sample(1, stats={"exits": 10, "halt_exits": 9}))
+    header = render_interval(x86)[0].split()
+    assert "halt/s" in header and "wfi/s" not in header and "wfe/s" not in header and "poll%" not in header
+    assert {"wfi/s", "wfe/s", "poll%"} <= set(render_interval(x86, all_columns=True)[0].split())
+
+
 def test_interval_tolerates_missing_stats_and_exited_threads():
     iv = interval(sample(0), sample(1))
     row = iv["vcpus"][0]
     assert row["rates"] == {} and row["cpu_percent"] is None and row["runqueue"] is None
-    assert "-" in render_interval(iv)[1]
+    assert "-" in render_interval(iv, all_columns=True)[1]
 
 
 def test_totals_keep_counts_exact():

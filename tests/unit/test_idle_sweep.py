@@ -14,7 +14,7 @@ NOT_EXPOSED = IdleResidency(None, "not exposed: no cpuidle driver bound (current
 
 def run(policy="threshold=1", level=1, wfi=50, util=1000.0, rq=2.0, lat=(100.0, 200.0, 300.0), cpu_s=0.5,
         idle=NOT_EXPOSED):
-    stats = {"exits": 400, "wfi_exit_stat": wfi, "wfe_exit_stat": 0, "halt_wait_ns": 1.0}
+    stats = {"exits": 400, "wfi_exit_stat": wfi, "wfe_exit_stat": 0, "halt_wait_ns": 1_000_000_000}
     return RunMeasure(policy, level, 2.0, 50, stats, dict(stats), cpu_s, list(lat),
                       [RunqueueObservation(1, rq, 3, 40, rq + 0.1, "nr_running sampled from /sys/kernel/debug/sched/debug")],
                       [PeltObservation(11, 40, util, 1024, util, util, "sampled from /proc/1/task/11/sched")], idle)
@@ -33,7 +33,7 @@ def test_metrics_of_one_run():
 
 def test_rates_and_shares_over_the_measured_interval_counts_over_the_whole_run():
     r = run(wfi=50)
-    r.interval_stats = {"exits": 100, "wfi_exit_stat": 40, "halt_wait_ns": 0.5}  # the first periods came earlier
+    r.interval_stats = {"exits": 100, "wfi_exit_stat": 40, "halt_wait_ns": 500_000_000}  # the first periods came earlier
     got = {m.key: m.get(r) for m in METRICS}
     assert got["exits_per_s"] == 50 and got["halt_wait_percent"] == 25 and got["wfi_per_period"] == 1.0
 

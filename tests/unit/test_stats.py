@@ -51,6 +51,8 @@ def test_x86_vcpu_units_and_types():
     assert (d.type, d.unit, d.base, d.exponent, d.size) == (
         StatType.CUMULATIVE, StatUnit.SECONDS, StatBase.POW10, -9, 1)
     assert d.natural(1_500_000_000) == pytest.approx(1.5)  # ns -> seconds
+    assert d.named_value(1_500_000_000) == 1_500_000_000  # what JSON readers get: ns, as the name says
+    assert s.layout.by_name["exits"].named_value(7) == 7
     assert isinstance(s.value("halt_wait_ns"), float)
     b = s.layout.by_name["blocking"]
     assert (b.type, b.unit) == (StatType.INSTANT, StatUnit.BOOLEAN)

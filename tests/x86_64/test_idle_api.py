@@ -98,6 +98,9 @@ def test_ctl_cli(live_vm):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.decode().splitlines()
     assert lines[1].split()[:2] == ["vCPU", "exits/s"] and lines[2].split()[0] == "0"
+    assert "halt/s" in lines[1] and "wfi/s" not in lines[1]  # arm64's columns only with --all
+    r = run_pyvmm("ctl", str(sock), "stats", "--interval", "0.2", "--all")
+    assert "wfi/s" in r.stdout.decode().splitlines()[1]
     assert int(lines[2].split()[1]) > 100  # ~1000 exits/s: PIT programming + HLT per 2 ms period
     r = run_pyvmm("ctl", str(sock), "stats", "--watch", "0.3", "--count", "2", "--json")
     rows = [json.loads(x) for x in r.stdout.decode().splitlines()]
