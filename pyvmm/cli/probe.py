@@ -85,7 +85,7 @@ def _idle_report(vm, arch: str) -> dict:
     return idle_probe_report(vm, arch)
 
 
-def render(report: dict) -> str:
+def render(report: dict, all_rows: bool = False) -> str:
     from pyvmm.idle.report import render_idle
 
     lines = [
@@ -102,7 +102,7 @@ def render(report: dict) -> str:
         value = info["value"] if info["present"] else "absent"
         lines.append(f"{name:32} {info['number']:>6} {value!s:>6}  {info['use']}")
     lines.append("")
-    lines += render_idle(report["idle"])
+    lines += render_idle(report["idle"], None if all_rows else report["architecture"])
     ctx = report["host_context"]
     lines += ["", "host scheduler (what a WFx threshold and its figures depend on)",
               f"  preemption        {ctx['preemption']['description']}",
@@ -114,7 +114,10 @@ def render(report: dict) -> str:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--device", default=None, help="The KVM device node to probe (default: $PYVMM_KVM_DEVICE or /dev/kvm).")
-def probe(as_json: bool, device: str) -> int:
+@click.option("--all", "all_rows", is_flag=True,
+              help="Also list the other architecture's idle controls (always absent here); --json has them all, "
+                   "each with its arch.")
+def probe(as_json: bool, device: str, all_rows: bool) -> int:
     """Report what this host's KVM offers: architecture, API version, vCPU limits, the capabilities pyvmm uses, and
     every idle/exit control (WFI/WFE trapping, halt polling, HLT/PAUSE passthrough) with where its setting comes from,
     and the host scheduler's context: preemption model and mode, whether CPUs differ, whether idle states are exposed.
@@ -123,5 +126,5 @@ def probe(as_json: bool, device: str) -> int:
     KVM_CHECK_EXTENSION alone cannot tell them from upstream capabilities with the same numbers.
     """
     report = collect(device)
-    click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report, all_rows))
     return 0

@@ -25,9 +25,13 @@ def idle_probe_report(vm: Any, arch: str) -> dict:
     }
 
 
-def render_idle(report: dict) -> list[str]:
+def render_idle(report: dict, arch: str | None = None) -> list[str]:
+    """The table of idle controls; with `arch`, only the ones that apply to it (the rest are another architecture's,
+    always absent here)."""
     lines = ["idle / exit controls"]
     for mech in report["mechanisms"]:
+        if arch is not None and mech.get("arch") not in (None, arch):
+            continue
         cap = f"cap {mech['cap']}" if mech.get("cap") is not None else "host"
         lines.append(f"  {mech['name']:34} {mech['status']:10} {cap:8} {mech['reason']}")
     host = report["host"]

@@ -36,6 +36,12 @@ def test_probe_table_is_readable():
     assert "idle / exit controls" in text
     assert "KVM_CAP_X86_DISABLE_EXITS" in text
     assert "  preemption  " in text and "  idle states  " in text
+    assert "x86_disable_exits" in text and "arm_disable_exits" not in text  # arm64's rows only with --all
+
+
+def test_probe_all_lists_the_other_architectures_controls():
+    text = run_pyvmm("probe", "--all").stdout.decode()
+    assert "arm_disable_exits" in text and "arm_wfx_trap_runqueue_depth" in text
 
 
 def test_probe_without_kvm_is_one_line(tmp_path):
