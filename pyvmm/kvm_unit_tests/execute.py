@@ -1,9 +1,10 @@
 """One test in its own `pyvmm run` process (isolation, a hard per-test timeout), and its verdict.
 
 The verdict follows run_test_status (scripts/arch-run.bash): the first `EXIT: STATUS=n` line on the console decides
-(1 PASS, 77 SKIP, anything else FAIL); no such line, or the timeout, is a FAIL. One more SKIP, in the spirit of
-run_tests.sh's "premature failure": pyvmm refused to start the VM because this host's KVM lacks what the test asks
-for (exit status 69 before the guest printed anything, e.g. `--pmu` on a host without a PMU).
+(1 PASS, 77 SKIP, anything else FAIL); no such line is a FAIL, and so is the timeout, even after an EXIT line (the
+test ended but the VM did not stop: upstream reads the line only when the VMM exited by itself). One more SKIP, in
+the spirit of run_tests.sh's "premature failure": pyvmm refused to start the VM because this host's KVM lacks what the
+test asks for (exit status 69 before the guest printed anything, e.g. `--pmu` on a host without a PMU).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def verdict(console: str, errors: str, returncode: int | None, timeout_text: str
     """(verdict, reason, status) from what one run printed; returncode None: it was stopped at its timeout."""
     match = _EXIT_LINE.search(console)
     status = int(match.group(1)) if match else None
+    if returncode is None and status is not None:
+        return (FAIL, f"timeout; duration={timeout_text}: the test ended (EXIT: STATUS={status}) but the VM did not "
+                      f"stop", status)
     if status == 1:
         return PASS, "", status
     if status == 77:

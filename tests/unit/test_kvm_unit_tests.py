@@ -318,6 +318,8 @@ def test_environ_file_is_initrd_creates(kut_dir):
     ("", "pyvmm: error: --pmu: this host's KVM has no PMU\n", 69,
      ("SKIP", "pyvmm: error: --pmu: this host's KVM has no PMU", None)),  # the host lacks what the test needs
     ("started\n", "", None, ("FAIL", "timeout; duration=90s", None)),
+    ("EXIT: STATUS=1\n", "", None,
+     ("FAIL", "timeout; duration=90s: the test ended (EXIT: STATUS=1) but the VM did not stop", 1)),
 ])
 def test_verdict_from_the_exit_line(console, errors, returncode, expected):
     assert execute.verdict(console, errors, returncode, "90s") == expected
