@@ -121,3 +121,20 @@ def test_debug_prints_the_generated_name(runtime):
     result = pyvmm(env, "run", "--no-stdin", "--debug")
     assert result.returncode == 0
     assert "pyvmm: VM guest-" in result.stderr.decode() and str(directory) in result.stderr.decode()
+
+
+def test_a_terminal_is_told_how_to_quit(runtime):
+    import pty
+
+    _, env = runtime
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-m", "pyvmm", "run", "--name", "tty"], stdin=terminal,
+                                capture_output=True, env=env, timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode().splitlines() == ["pyvmm: Ctrl-a x quits (tty in `pyvmm list`)"]
+    quiet = run_pyvmm("run", env=env)  # stdin not a terminal: nothing to say
+    assert quiet.returncode == 0 and quiet.stderr == b""
