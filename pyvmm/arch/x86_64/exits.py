@@ -8,14 +8,14 @@ from pyvmm_bindings import constants as c
 from pyvmm.arch.machine import ArchExits
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import ExitStatus
-from pyvmm.kvm.vcpu import IO_EXIT, IO_OFFSET, UNPACK_VALUE, Vcpu
+from pyvmm.kvm.vcpu import UNPACK_VALUE, Vcpu
 from pyvmm.outcome import VmOutcome
 
 
 def exits(vcpu: Vcpu, pio_bus: Bus) -> ArchExits:
     """The handler for one vCPU; names are bound once because port OUTs are the x86 guests' hot path."""
     page = vcpu.page
-    unpack_io = IO_EXIT.unpack_from
+    io_exit = page.io_exit
     out_cache = pio_bus.write_cache  # owned (and cleared on every register) by the bus
     write = pio_bus.write
     read = pio_bus.read
@@ -26,7 +26,7 @@ def exits(vcpu: Vcpu, pio_bus: Bus) -> ArchExits:
 
     def handle(reason: int) -> VmOutcome | None:
         if reason == EXIT_IO:
-            direction, size, port, count, data = unpack_io(buffer, IO_OFFSET)
+            direction, size, port, count, data = io_exit()
             if direction == IO_OUT:
                 if count == 1:
                     target = out_cache.get(port << 4 | size)
