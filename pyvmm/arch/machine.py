@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from pyvmm.devices.bus import Bus
 from pyvmm.devices.manager import DeviceManager
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.testdev import TestDevice
@@ -32,10 +33,15 @@ class MachineContext:
 @dataclass(frozen=True)
 class ArchExits:
     """The exits only this architecture has, for one vCPU (Firecracker's `run_arch_emulation`): the vCPU loop hands
-    every exit whose reason is in `reasons` to `handle`, which returns None to go on or how the VM ended."""
+    every exit whose reason is in `reasons` to `handle`, which returns None to go on or how the VM ended.
+
+    `port_bus` is the arch's port I/O bus (x86_64), None where there is no port I/O: the loop dispatches
+    KVM_EXIT_IO on it itself, like MMIO (kvmtool's kvm_cpu__emulate_io), because port OUTs are x86 guests' hot
+    exit and a call into the hook would cost a Python frame on every one."""
 
     reasons: frozenset[int]
     handle: Callable[[int], VmOutcome | None]
+    port_bus: Bus | None = None
 
 
 @dataclass

@@ -10,13 +10,14 @@ from functools import partial
 from typing import Any, Callable
 
 from pyvmm.errors import KvmUnavailableError
-from pyvmm.kvm.ioctl import bindings, ffi, ioctl, new
+from pyvmm.kvm.ioctl import bind_no_arg, bindings, ffi, ioctl, new
 from pyvmm.kvm.vm import Vm, set_device_attr
 
 # kvm_run.io is {u8 direction; u8 size; u16 port; u32 count; u64 data_offset}, kvm_run.mmio is
 # {u64 phys_addr; u8 data[8]; u32 len; u8 is_write}: tests/unit/test_structure.py checks these against cffi.
 IO_EXIT = struct.Struct("<BBHIQ")
 MMIO_EXIT = struct.Struct("<QQIB")  # data read as one little-endian u64: mask it to `len` bytes (VALUE_MASK)
+EXIT_REASON_OFFSET = ffi.offsetof("struct kvm_run", "exit_reason")
 IO_OFFSET = ffi.offsetof("struct kvm_run", "io")
 MMIO_OFFSET = ffi.offsetof("struct kvm_run", "mmio")
 MMIO_DATA_OFFSET = MMIO_OFFSET + 8
@@ -29,21 +30,27 @@ UNPACK_VALUE = {size: struct.Struct(f"<{code}").unpack_from for size, code in ((
 class RunPage:
     """The kvm_run page KVM and the vCPU thread share: the exit record decoded, the answer to a read written back.
 
-    `mmio_exit()` and `io_exit()` are struct unpacks bound to the page once (no Python frame per exit): they return
-    (phys_addr, data as a u64, len, is_write) and (direction, size, port, count, data_offset). Everything else reads the
-    page through cffi (`run`). Works on any writable buffer of the page's size, so tests need no /dev/kvm.
+    The hot fields are read without cffi, whose attribute access costs several times a memoryview index:
+    `exit_reason[0]` is kvm_run.exit_reason (a one-element u32 view), and `mmio_exit()` and `io_exit()` are struct
+    unpacks bound to the page once (no Python frame per exit) that return (phys_addr, data as a u64, len, is_write)
+    and (direction, size, port, count, data_offset). Everything else reads the page through cffi (`run`). Works on
+    any writable buffer of the page's size, so tests need no /dev/kvm.
     """
 
     def __init__(self, buffer: Any) -> None:
         self.buffer = buffer
         self._cdata = ffi.from_buffer(buffer)
         self.run = ffi.cast("struct kvm_run *", self._cdata)
+        self._view = memoryview(buffer)
+        self.exit_reason = self._view[EXIT_REASON_OFFSET : EXIT_REASON_OFFSET + 4].cast("I")
         self.mmio_exit: Callable[[], tuple[int, int, int, int]] = partial(MMIO_EXIT.unpack_from, buffer, MMIO_OFFSET)
         self.io_exit: Callable[[], tuple[int, int, int, int, int]] = partial(IO_EXIT.unpack_from, buffer, IO_OFFSET)
 
     def release(self) -> None:
         """End cffi's export of the buffer (an mmap cannot close while exported)."""
         self.run = None
+        self.exit_reason.release()
+        self._view.release()
         ffi.release(self._cdata)
 
     def set_immediate_exit(self, value: bool) -> None:
@@ -100,8 +107,8 @@ class Vcpu:
         size = vm.kvm.vcpu_mmap_size()
         self._run_mmap = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.page = RunPage(self._run_mmap)
-        # KVM_RUN as a C-level partial: the vCPU loop calls it once per exit. < 0 means failed, errno in ffi.errno.
-        self.enter: Callable[[], int] = partial(bindings.lib.ioctl, self.fd, bindings.KVM_RUN, ffi.NULL)
+        # KVM_RUN, called once per exit; raises OSError (EINTR after a kick).
+        self.enter: Callable[[], int] = bind_no_arg(self.fd, bindings.KVM_RUN)
         self.thread_id: int | None = None  # native TID once its thread runs (for CPU time and affinity)
         # Opened now, while no thread is in KVM_RUN: a vCPU ioctl waits for the vCPU's mutex, which KVM_RUN holds for
         # as long as the vCPU is blocked (an x86 AP waiting for its SIPI: forever).

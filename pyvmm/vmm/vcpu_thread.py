@@ -5,8 +5,8 @@ and sending SIGUSR1 to the thread: KVM_RUN then returns EINTR at once, whether t
 enter it, so no request is lost.
 
 The loop (kvmtool's kvm_cpu__start, Firecracker's run_emulation) is one if/elif on the exit reason. MMIO goes to the
-MMIO bus: a write whose exact address was seen before costs one probe of the bus's own cache. Exits only one
-architecture has (x86 port I/O, triple fault) go to the arch's `ArchExits`; the exits that end the VM each have a
+MMIO bus, port I/O to the arch's port bus (x86_64): a write whose exact address was seen before costs one probe of
+the bus's own cache. Exits only one architecture has (x86's triple fault) go to the arch's `ArchExits`; the exits that end the VM each have a
 named handler. The Vcpu decodes its kvm_run page (pyvmm.kvm.vcpu.RunPage).
 """
 
@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING
 from pyvmm_bindings import constants as c
 
 from pyvmm.errors import ExitStatus
-from pyvmm.kvm.ioctl import ffi
-from pyvmm.kvm.vcpu import VALUE_MASK
+from pyvmm.kvm.vcpu import UNPACK_VALUE, VALUE_MASK
 from pyvmm.outcome import StopLatch, VmOutcome
 
 if TYPE_CHECKING:
@@ -114,28 +113,39 @@ class VcpuThread(threading.Thread):
             self._paused.set()
 
     def _loop(self) -> None:
-        # Everything the hot path touches is bound to a local once.
+        # Everything the hot path touches is bound to a local once; the two bus branches come first and are written
+        # out in full (a call per exit into a helper would cost a Python frame).
         vcpu = self.vcpu
         page = vcpu.page
-        run = page.run
         enter = vcpu.enter
+        exit_reason = page.exit_reason
+        buffer = page.buffer
         mmio_exit = page.mmio_exit
         complete_read = page.complete_mmio_read
         mmio_read = self.mmio_bus.read
         mmio_write = self.mmio_bus.write
         mmio_writes = self.mmio_bus.write_cache  # the bus clears it in place on every register/unregister
+        port_bus = self.arch_exits.port_bus
+        io_exit = page.io_exit
+        unpack_value = UNPACK_VALUE
         arch_reasons = self.arch_exits.reasons
         arch_exit = self.arch_exits.handle
         mask = VALUE_MASK
         EXIT_MMIO = c.KVM_EXIT_MMIO
+        EXIT_IO = c.KVM_EXIT_IO if port_bus is not None else -1  # without a port bus, IO is an unhandled exit
+        IO_OUT = c.KVM_EXIT_IO_OUT
+        if port_bus is not None:
+            port_read, port_write, port_writes = port_bus.read, port_bus.write, port_bus.write_cache
 
         outcome: VmOutcome | None = None  # set by an exit that ends the VM
         while outcome is None and not self._stop_requested:
-            if enter() < 0:
-                if self._run_failed(ffi.errno):
+            try:
+                enter()
+            except OSError as err:
+                if self._run_failed(err.errno):
                     break
                 continue
-            reason = run.exit_reason
+            reason = exit_reason[0]
             if reason == EXIT_MMIO:
                 addr, data, length, is_write = mmio_exit()
                 if not is_write:
@@ -144,6 +154,18 @@ class VcpuThread(threading.Thread):
                     target[0](target[1], length, data & mask[length])
                 else:
                     mmio_write(addr, length, data & mask[length])
+            elif reason == EXIT_IO:
+                direction, size, port, count, at = io_exit()
+                if direction == IO_OUT and count == 1:
+                    if (target := port_writes.get(port << 4 | size)) is not None:
+                        target[0](target[1], size, unpack_value[size](buffer, at)[0])
+                    else:
+                        port_write(port, size, unpack_value[size](buffer, at)[0])
+                elif direction == IO_OUT:  # rep outs
+                    for value in page.io_out_values(size, count, at):
+                        port_write(port, size, value)
+                else:
+                    page.complete_io_in(size, at, [port_read(port, size) for _ in range(count)])
             elif reason in arch_reasons:
                 outcome = arch_exit(reason)
             elif reason == c.KVM_EXIT_SYSTEM_EVENT:

@@ -15,7 +15,6 @@ from pyvmm.arch.arm64 import exits as arm64_exits
 from pyvmm.arch.x86_64 import exits as x86_exits
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import ExitStatus
-from pyvmm.kvm.ioctl import ffi
 from pyvmm.kvm.vcpu import IO_EXIT, IO_OFFSET, MMIO_DATA_OFFSET, MMIO_EXIT, MMIO_OFFSET, RunPage
 from pyvmm.outcome import StopLatch
 from pyvmm.vmm.vcpu_thread import VcpuState, VcpuThread, install_kick_handler
@@ -42,7 +41,7 @@ class Recorder:
 
 class ScriptedVcpu:
     """What the loop needs of a Vcpu: its index, its kvm_run page and `enter` (KVM_RUN), here played from a script.
-    Like KVM, `enter` returns EINTR at once while immediate_exit is set."""
+    Like KVM_RUN through fcntl.ioctl, `enter` raises OSError(EINTR) at once while immediate_exit is set."""
 
     def __init__(self, steps: list[Step]) -> None:
         self.index = 0
@@ -61,8 +60,7 @@ class ScriptedVcpu:
 
 
 def eintr(vcpu: ScriptedVcpu) -> int:
-    ffi.errno = errno.EINTR
-    return -1
+    raise InterruptedError(errno.EINTR, "Interrupted system call")
 
 
 def reason_only(reason: int) -> Step:
@@ -162,7 +160,7 @@ def assert_equal(got, expected) -> None:
     assert got == expected
 
 
-def test_port_io_goes_to_the_x86_hook_and_the_port_bus():
+def test_port_io_goes_to_the_x86_port_bus():
     ports, device = Bus("port I/O"), Recorder(value=0xABCD)
     ports.register(0x500, 0x20, device)
     outcome, _, _ = run_loop([
@@ -242,8 +240,7 @@ def test_intr_and_eintr_go_on_running():
 
 def test_a_failing_kvm_run_ends_the_vm():
     def efault(vcpu: ScriptedVcpu) -> int:
-        ffi.errno = errno.EFAULT
-        return -1
+        raise OSError(errno.EFAULT, "Bad address")
 
     outcome, _, _ = run_loop([efault])
     assert outcome.error and "KVM_RUN failed on vCPU 0: Bad address" in outcome.reason
