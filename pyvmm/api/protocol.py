@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any, Iterable
 
 from pyvmm.errors import ExitStatus, PyvmmError
-from pyvmm.idle.apply import IdleChange, IdlePolicyError
+from pyvmm.idle.policy import IdleChange, IdlePolicyError
 from pyvmm.idle.policy import WFX_NAMES, PolicyParseError
 
 if TYPE_CHECKING:

@@ -11,7 +11,6 @@ thread: each is short (a policy change, a pause, a stats sample).
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import selectors
 import socket
@@ -28,7 +27,12 @@ if TYPE_CHECKING:
     from pyvmm.idle.control import IdleController
     from pyvmm.vmm.vmm import Vmm
 
-log = logging.getLogger(__name__)
+
+
+def _log():
+    import logging  # only on the rare paths that log: logging costs start-up time
+
+    return logging.getLogger(__name__)
 
 MAX_CLIENTS = 32
 IDLE_TIMEOUT = 60.0
@@ -136,7 +140,7 @@ class ControlServer:
                         self._send(key.data)
                 self._expire_idle()
         except Exception:  # a bug here must not take the VM down; the socket just stops answering
-            log.exception("control socket %s: stopped serving", self.path)
+            _log().exception("control socket %s: stopped serving", self.path)
         finally:
             self._release()
 
@@ -175,7 +179,7 @@ class ControlServer:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as err:  # e.g. EMFILE: leave the client in the backlog, try again on the next event
-                log.debug("control socket %s: accept: %s", self.path, err)
+                _log().debug("control socket %s: accept: %s", self.path, err)
                 break
             sock.setblocking(False)
             conn = _Connection(sock, time.monotonic())

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 from .caps import ARM_DISABLE_EXITS_BITS, X86_DISABLE_EXITS_BITS, CapTable, cap_table
 from .host import HostInfo, probe_host, normalize_arch
-from .policy import IdlePolicy, WFX_NAMES
+from .policy import WFX_NAMES, IdleChange, IdlePolicy, IdlePolicyError  # noqa: F401 (re-exported)
 
 # Where a setting in force came from.
 SRC_VM_DISABLE_EXITS = "per-VM cap KVM_CAP_ARM_DISABLE_EXITS"
@@ -30,10 +30,6 @@ SRC_VM_HALT_POLL = "per-VM cap KVM_CAP_HALT_POLL"
 SRC_HOST_PARAM = "host boot parameter"
 SRC_MODULE_PARAM = "kvm module parameter"
 SRC_DEFAULT = "kernel default"
-
-
-class IdlePolicyError(RuntimeError):
-    """A requested idle setting cannot be put in force (message says why and what instead)."""
 
 
 @dataclass(frozen=True)
@@ -58,20 +54,6 @@ class AppliedPolicy:
     halt_poll_source: str = SRC_DEFAULT
     fallbacks: tuple[str, ...] = ()  # requests refused but tolerated (allow_fallback)
     notes: tuple[str, ...] = ()  # warnings: shadowed settings, costs
-
-
-@dataclass(frozen=True)
-class IdleChange:
-    """A change to a running VM; None fields are left alone.
-
-    wfx_passthrough / idle_exits are the full desired sets (so clearing can be detected).
-    """
-
-    wfx_trap_threshold: int | None = None
-    wfx_passthrough: frozenset[str] | None = None
-    halt_poll_ns: int | None = None
-    idle_exits: frozenset[str] | None = None
-    allow_fallback: bool = False
 
 
 def _errname(e: OSError) -> str:

@@ -13,16 +13,14 @@ import threading
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from pyvmm.errors import KvmUnavailableError
-from pyvmm.idle.apply import (AppliedPolicy, IdleChange, IdlePolicyError, apply_affinity, apply_before_vcpus,
-                              apply_live)
-from pyvmm.idle.caps import CapTable, cap_table
-from pyvmm.idle.host import HostInfo, probe_host
-from pyvmm.idle.hostcontext import unpinned_threshold_warning
-from pyvmm.idle.policy import IdlePolicy, check_affinity
+from pyvmm.idle.policy import IdleChange, IdlePolicy, IdlePolicyError, check_affinity
 from pyvmm.kvm.vm import Vm
 from pyvmm.outcome import StopLatch, VmOutcome
 
 if TYPE_CHECKING:
+    from pyvmm.idle.apply import AppliedPolicy
+    from pyvmm.idle.caps import CapTable
+    from pyvmm.idle.host import HostInfo
     from pyvmm.idle.measure import VcpuStatsSampler
     from pyvmm.vmm.vmm import Vmm
 
@@ -31,7 +29,15 @@ class IdleRefusedError(KvmUnavailableError):
     """A per-VM idle setting the kernel cannot apply (exit status 69, one-line message)."""
 
 
-def applied_to_dict(applied: AppliedPolicy | None, affinity: Mapping[int, set[int]] | None = None) -> dict:
+def _apply():
+    """pyvmm.idle.apply (and the host probe it needs), imported when a policy is first applied or read back: a run
+    with the default policy does neither at start-up."""
+    from pyvmm.idle import apply
+
+    return apply
+
+
+def applied_to_dict(applied: "AppliedPolicy | None", affinity: Mapping[int, set[int]] | None = None) -> dict:
     """The policy in force as JSON-able data (sets as sorted lists)."""
     if applied is None:
         return {}
@@ -74,15 +80,19 @@ def render_policy(d: dict) -> list[str]:
 class IdleController:
     """Applies `policy` to one Vmm and keeps what is in force."""
 
-    def __init__(self, policy: IdlePolicy, *, caps: CapTable | None = None, host: HostInfo | None = None,
-                 warn: Callable[[str], None] = warn_on_stderr) -> None:
-        """`warn`: told once per run when the policy in force is unlikely to do what was meant."""
+    def __init__(self, policy: IdlePolicy, *, caps: "CapTable | None" = None, host: "HostInfo | None" = None,
+                 warn: Callable[[str], None] = warn_on_stderr, record: bool = True) -> None:
+        """`warn`: told once per run when the policy in force is unlikely to do what was meant. `record`: sample the
+        vCPUs' statistics as they start and end (what a report needs); without it the sampler is opened only if the
+        control socket asks for a sample."""
         self.policy = policy
+        self.record = record
         self.warn = warn
         self.warnings: list[str] = []
-        self.caps = caps or cap_table()
+        self._caps = caps
         self._host = host
-        self.applied: AppliedPolicy | None = None
+        self.applied: "AppliedPolicy | None" = None
+        self._unapplied_vm: Vm | None = None  # a default policy is only read back, when first asked for
         self.affinity: dict[int, set[int]] = {}
         self.vmm: "Vmm | None" = None
         self.sampler: "VcpuStatsSampler | None" = None
@@ -93,10 +103,20 @@ class IdleController:
         self._watcher: threading.Thread | None = None
 
     @property
-    def host(self) -> HostInfo:
+    def host(self) -> "HostInfo":
         if self._host is None:
+            from pyvmm.idle.host import probe_host
+
             self._host = probe_host()
         return self._host
+
+    @property
+    def caps(self) -> "CapTable":
+        if self._caps is None:
+            from pyvmm.idle.caps import cap_table
+
+            self._caps = cap_table()
+        return self._caps
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def subscribe(self, vmm: "Vmm") -> None:
@@ -112,27 +132,42 @@ class IdleController:
 
     def before_vcpus(self, vm: Vm) -> None:
         assert self.vmm is not None
+        self.applied, self._unapplied_vm = None, None
+        if self.policy == IdlePolicy():
+            # Nothing to set: describing what is in force means probing the host, which start-up need not wait for.
+            self._unapplied_vm = vm
+            return
         try:
-            self.applied = apply_before_vcpus(vm, self.policy, self.vmm.spec.arch, host=self.host, caps=self.caps)
+            self.applied = _apply().apply_before_vcpus(vm, self.policy, self.vmm.spec.arch, host=self.host, caps=self.caps)
         except IdlePolicyError as err:
             raise IdleRefusedError(str(err)) from None
 
-    def started(self, vmm: "Vmm") -> None:
-        from pyvmm.idle.measure import VcpuStatsSampler
+    def _in_force(self) -> "AppliedPolicy | None":
+        """What is in force; for a default policy read back now (its application sets nothing). Under the lock."""
+        if self.applied is None and self._unapplied_vm is not None and self.vmm is not None:
+            self.applied = _apply().apply_before_vcpus(self._unapplied_vm, self.policy, self.vmm.spec.arch, host=self.host,
+                                              caps=self.caps)
+            self._unapplied_vm = None
+        return self.applied
 
+    def started(self, vmm: "Vmm") -> None:
         machine = vmm.machine
         assert machine is not None
         self._close_sampler()  # the previous boot's, after a reboot with --on-reboot restart
         if self.policy.cpu_affinity:
             try:
                 with self.lock:
-                    self.affinity = apply_affinity(machine.vcpus, self.policy)
+                    self.affinity = _apply().apply_affinity(machine.vcpus, self.policy)
             except (IdlePolicyError, OSError) as err:
                 vmm.stop(VmOutcome(KvmUnavailableError.exit_status, f"cannot pin vCPUs: {err}", error=True))
         self._check_pinning(machine.vcpus)
+        self._times = {}
+        if not self.record:
+            return
+        from pyvmm.idle.measure import VcpuStatsSampler
+
         self.sampler = VcpuStatsSampler(machine.vcpus)
         self.first_sample = self.sampler.sample(runqueue=False)
-        self._times = {}
         self._watcher = threading.Thread(target=self._watch_times, args=(vmm.latch,), name="idle-times", daemon=True)
         self._watcher.start()
 
@@ -140,6 +175,10 @@ class IdleController:
         """Objection (e) of the WFx review: a threshold on vCPUs the scheduler may move acts on whatever CPU they land
         on. The affinity is read back from the kernel, so pinning done outside pyvmm (taskset, cgroups) counts."""
         threshold = self.applied.wfx_trap_threshold if self.applied is not None else None
+        if threshold is None:
+            return  # only a threshold depends on pinning
+        from pyvmm.idle.hostcontext import unpinned_threshold_warning
+
         affinity = {}
         for v in vcpus:
             try:
@@ -193,7 +232,7 @@ class IdleController:
     # -- live control (control socket) -----------------------------------------------------------------------
     def policy_dict(self) -> dict:
         with self.lock:
-            d = applied_to_dict(self.applied, self.affinity)
+            d = applied_to_dict(self._in_force(), self.affinity)
             if d:
                 d["warnings"] = list(self.warnings)
             return d
@@ -201,9 +240,10 @@ class IdleController:
     def change(self, change: IdleChange) -> dict:
         """Apply a live change; IdlePolicyError (VM unchanged) when the kernel or the rules refuse."""
         with self.lock:
-            if self.applied is None or self.vmm is None or self.vmm.machine is None:
+            applied = self._in_force()
+            if applied is None or self.vmm is None or self.vmm.machine is None:
                 raise IdlePolicyError("the VM is not running")
-            self.applied = apply_live(self.vmm.machine.vm, change, self.applied, host=self.host, caps=self.caps)
+            self.applied = _apply().apply_live(self.vmm.machine.vm, change, applied, host=self.host, caps=self.caps)
             return applied_to_dict(self.applied, self.affinity)
 
     def pin(self, affinity: dict[int, set[int]]) -> dict:
@@ -212,12 +252,17 @@ class IdleController:
             if machine is None:
                 raise IdlePolicyError("the VM is not running")
             check_affinity(affinity, len(machine.vcpus))
-            done = apply_affinity(machine.vcpus, IdlePolicy(cpu_affinity=affinity))
+            done = _apply().apply_affinity(machine.vcpus, IdlePolicy(cpu_affinity=affinity))
             self.affinity.update(done)
-            return applied_to_dict(self.applied, self.affinity)
+            return applied_to_dict(self._in_force(), self.affinity)
 
     def sample(self) -> dict:
         with self.lock:
             if self.sampler is None:
-                raise IdlePolicyError("the VM is not running")
+                machine = self.vmm.machine if self.vmm is not None else None
+                if self.record or machine is None or self.vmm.latch.is_set():
+                    raise IdlePolicyError("the VM is not running")
+                from pyvmm.idle.measure import VcpuStatsSampler
+
+                self.sampler = VcpuStatsSampler(machine.vcpus)  # closed by finished() or close()
             return self.sampler.sample()

@@ -13,18 +13,29 @@ from pyvmm.outcome import VmOutcome
 
 if TYPE_CHECKING:
     from pyvmm.api.server import ControlServer
+    from pyvmm.idle.caps import CapTable
     from pyvmm.kvm.vm import Vm
     from pyvmm.vmm.vmm import Vmm
 
 
+def _caps(overrides: "dict[str, int]") -> "CapTable | None":
+    """The capability table with the user's --cap overrides; None (the controller's default, built when first
+    needed) without any."""
+    if not overrides:
+        return None
+    from pyvmm.idle.caps import cap_table
+
+    return cap_table(overrides)
+
+
 class IdleFeature:
     def __init__(self, spec: IdleSpec) -> None:
-        from pyvmm.idle.caps import cap_table
-
         self.spec = spec
+        self.reports = spec.measure or spec.stats_json is not None  # else the run only has a control socket
         # A measuring caller (bench) reports warnings with its results instead of on stderr at every run.
-        self.controller = IdleController(spec.policy, caps=cap_table(spec.cap_numbers),
-                                         warn=(lambda message: None) if spec.measure else warn_on_stderr)
+        self.controller = IdleController(spec.policy, caps=_caps(spec.cap_numbers),
+                                         warn=(lambda message: None) if spec.measure else warn_on_stderr,
+                                         record=self.reports)
         self.server: "ControlServer | None" = None
         self.data: list[int] = []
 

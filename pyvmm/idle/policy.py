@@ -20,6 +20,10 @@ _U64 = 2**64
 _U32 = 2**32  # KVM_CAP_HALT_POLL rejects args[0] that does not fit an unsigned int
 
 
+class IdlePolicyError(RuntimeError):
+    """A requested idle setting cannot be put in force (message says why and what instead)."""
+
+
 class PolicyParseError(ValueError):
     """A CLI string or policy field is invalid (the message names the bad part)."""
 
@@ -154,6 +158,20 @@ class IdlePolicy:
         )
 
 
+@dataclass(frozen=True)
+class IdleChange:
+    """A change to a running VM; None fields are left alone.
+
+    wfx_passthrough / idle_exits are the full desired sets (so clearing can be detected).
+    """
+
+    wfx_trap_threshold: int | None = None
+    wfx_passthrough: frozenset[str] | None = None
+    halt_poll_ns: int | None = None
+    idle_exits: frozenset[str] | None = None
+    allow_fallback: bool = False
+
+
 def validate_policy(p: IdlePolicy) -> None:
     """Raise PolicyParseError for values KVM would reject or that make no sense."""
     if p.wfx_trap_threshold is not None and not 0 <= p.wfx_trap_threshold < _U64:
@@ -179,10 +197,10 @@ def validate_policy(p: IdlePolicy) -> None:
 def check_affinity(affinity: Mapping[int, set[int]], cpus: int) -> None:
     """Refuse pinning that cannot work before anything runs: unknown vCPUs, CPUs that do not exist or are offline,
     or CPUs this process may not use."""
-    from pyvmm.idle.hostcpus import read_host_cpus
-
     if not affinity:
         return
+    from pyvmm.idle.hostcpus import read_host_cpus
+
     allowed = os.sched_getaffinity(0)
     host = read_host_cpus()
     for v, want in sorted(affinity.items()):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, Sequence, TypeVar
 
 from pyvmm.arch.machine import Machine
 from pyvmm.errors import MissingFileError
@@ -23,6 +23,10 @@ from pyvmm.vmm.console import ConsoleOutput
 from pyvmm.vmm.lifecycle import Feature
 from pyvmm.outcome import FinalStatus, VmOutcome, final_status
 from pyvmm.vmm.vmm import Vmm
+
+if TYPE_CHECKING:
+    from pyvmm.idle.feature import IdleFeature
+    from pyvmm.vmm.checks import ConsoleChecks
 
 
 class _HasClose(Protocol):
@@ -36,7 +40,7 @@ Closable = TypeVar("Closable", bound=_HasClose)
 class RunResult:
     outcome: VmOutcome  # how the VM ended
     final: FinalStatus  # the exit status decided from it, with a note when the features changed it
-    report: dict | None  # the idle report (what --stats-json writes) when the spec asks for idle control
+    report: dict | None  # the idle report when the spec asks for one (--stats-json, or `measure` for bench)
 
     @property
     def status(self) -> int:
@@ -48,11 +52,9 @@ class VmRun:
     thread); `build()` may be called first to build the machine early; `run()` blocks and always closes."""
 
     def __init__(self, spec: VmSpec, extra: Sequence[Feature] = ()) -> None:
-        """`extra`: features of the caller's own, subscribed after the spec's and closed like them."""
-        from pyvmm.idle.feature import IdleFeature
-        from pyvmm.initramfs.feature import CommandInitramfs
-        from pyvmm.vmm.checks import ConsoleChecks
-
+        """`extra`: features of the caller's own, subscribed after the spec's and closed like them. Each feature's
+        module is imported only when the spec asks for it (start-up time: the initramfs builder alone pulls in
+        construct)."""
         self.spec = spec.validate()
         for note in spec.ignored():
             print(f"pyvmm: warning: {note}", file=sys.stderr)
@@ -63,13 +65,23 @@ class VmRun:
             boot = spec
             features: list[Feature] = []
             if spec.testing.command:
+                from pyvmm.initramfs.feature import CommandInitramfs
+
                 initramfs = self._own(CommandInitramfs(spec))
                 features.append(initramfs)
                 boot = initramfs.boot_spec(spec)
             self.vmm = self._own(Vmm(boot, ConsoleOutput(log=log, echo=spec.console.echo)))
             # Made after the Vmm, so closed before it: they use its machine until they are closed.
-            self.idle = self._own(IdleFeature(spec.idle)) if spec.idle.active else None
-            self.checks = self._own(ConsoleChecks(spec.testing)) if spec.testing.active else None
+            self.idle: IdleFeature | None = None
+            self.checks: ConsoleChecks | None = None
+            if spec.idle.active:
+                from pyvmm.idle.feature import IdleFeature
+
+                self.idle = self._own(IdleFeature(spec.idle))
+            if spec.testing.active:
+                from pyvmm.vmm.checks import ConsoleChecks
+
+                self.checks = self._own(ConsoleChecks(spec.testing))
             features += [f for f in (self.idle, self.checks) if f is not None]
             features += [self._own(f) for f in extra]
             for feature in features:
@@ -107,7 +119,7 @@ class VmRun:
     def run(self) -> RunResult:
         try:
             outcome = self.vmm.run()
-            report = self.idle.write_report(outcome) if self.idle is not None else None
+            report = self.idle.write_report(outcome) if self.idle is not None and self.idle.reports else None
             verdict = self.checks.verdict() if self.checks is not None else None
             return RunResult(outcome, final_status(outcome, verdict), report)
         except BaseException:

@@ -75,6 +75,9 @@ def test_list_ctl_and_all_with_two_live_vms(two_vms):
 
     assert pyvmm(env, "ctl", "alpha", "state").stdout == b"running (vCPU 0 running)\n"
     assert b"halt_poll" in pyvmm(env, "ctl", "alpha", "policy", "--json").stdout
+    # A plain run opens its statistics only when first asked for them: they must be there all the same.
+    stats = json.loads(pyvmm(env, "ctl", "alpha", "stats", "--interval", "0.1", "--json").stdout)
+    assert stats["totals"]["vcpus"][0]["stats"]["exits"] > 0
     socket_path = str(directory / "alpha.sock")
     assert pyvmm(env, "ctl", socket_path, "state").returncode == 0  # a path works as before
 
