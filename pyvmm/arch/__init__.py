@@ -6,7 +6,7 @@ Each architecture package offers `build(ctx: MachineContext) -> Machine` in its 
 from __future__ import annotations
 
 import importlib
-import platform
+import os
 
 from pyvmm.errors import KvmUnavailableError
 
@@ -15,7 +15,7 @@ _ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": 
 
 
 def host_arch() -> str:
-    machine = platform.machine()
+    machine = os.uname().machine  # what platform.machine() returns, without importing platform
     arch = _ALIASES.get(machine.lower())
     if arch is None:
         raise KvmUnavailableError(f"pyvmm runs on x86_64 and arm64 hosts, not {machine}")

@@ -51,8 +51,9 @@ class Bus:
         self._ranges: list[BusRange] = []
         self._bases: list[int] = []
         self._found: dict[int, BusRange | None] = {}
-        # addr << 4 | size -> WriteTarget, for claimed writes only. The vCPU loop probes this dict itself (a method
-        # call per exit costs more than the probe): it must only ever be cleared in place, never replaced.
+        # addr * 16 + size -> WriteTarget, for claimed writes only (CPython 3.11 specialises * and + on ints, not << and
+        # |). The vCPU loop probes this dict itself (a method call per exit costs more than the probe): it must only
+        # ever be cleared in place, never replaced.
         self.write_cache: dict[int, WriteTarget] = {}
 
     def register(self, base: int, size: int, device: Device) -> BusRange:
@@ -113,6 +114,6 @@ class Bus:
             return False
         target = (hit.device.write, addr - hit.base)
         if len(self.write_cache) < WRITE_CACHE_LIMIT:
-            self.write_cache[addr << 4 | size] = target
+            self.write_cache[addr * 16 + size] = target
         target[0](target[1], size, value)
         return True

@@ -87,6 +87,8 @@ class DeviceManager:
         if len(specs) > self._window.count:
             raise UsageError(f"{len(specs)} virtio devices asked for: this machine has {self._window.count} "
                              f"virtio-mmio slots")
+        if not specs:
+            return  # no virtio module is imported for a VM without virtio devices
         from pyvmm.devices.virtio import catalog
 
         counts: dict[type, int] = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import platform
 import re
 import shlex
 from dataclasses import dataclass
@@ -108,7 +107,7 @@ class HostInfo:
 
 def probe_host() -> HostInfo:
     """Read everything from this machine (no root needed; unreadable items are reported)."""
-    u = platform.uname()
+    u = os.uname()
     cmdline = parse_cmdline(_read("/proc/cmdline") or "")
     params: dict[str, int | None] = {}
     for p in KVM_MODULE_PARAMS:

@@ -10,10 +10,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyvmm.devices.virtio.config import DeviceConfig, DiskConfig
 from pyvmm.errors import UsageError
 from pyvmm.idle.policy import IdlePolicy, check_affinity
+
+if TYPE_CHECKING:
+    from pyvmm.devices.virtio.config import DeviceConfig
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -202,6 +205,10 @@ class VmSpec:
                 files.output_file(path, option)
         if self.idle.api_socket is not None:
             check_path(str(self.idle.api_socket))
+        if not self.devices:
+            return
+        from pyvmm.devices.virtio.config import DiskConfig
+
         seen: dict[tuple[int, int], Path] = {}
         for disk in (d for d in self.devices if isinstance(d, DiskConfig)):
             info = files.disk_file(disk.path, "--disk")

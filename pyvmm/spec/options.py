@@ -11,13 +11,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from pyvmm.devices.virtio import config as vc
 from pyvmm.errors import UsageError
 from pyvmm.spec.core import (
     MAX_TIMEOUT, VIRTIO_CONSOLE_PARAMS, ConsoleSpec, IdleSpec, TestingSpec, VmSpec, parse_size,
 )
+
+if TYPE_CHECKING:
+    from pyvmm.devices.virtio import config as vc
 
 PathLike = str | os.PathLike[str]
 
@@ -91,7 +93,6 @@ def _path(value: PathLike | None) -> Path | None:
 
 
 def idle_spec(options: RunOptions) -> IdleSpec:
-    from pyvmm.idle.caps import CapError, cap_table, parse_cap_override
     from pyvmm.idle.policy import IdlePolicy, PolicyParseError
 
     try:
@@ -100,17 +101,28 @@ def idle_spec(options: RunOptions) -> IdleSpec:
             wfx_passthrough=options.wfx_passthrough or "", halt_poll_ns=_optional_str(options.halt_poll_ns),
             idle_exits=options.idle_exits or "", allow_fallback=bool(options.allow_fallback),
             cpu_affinity=options.cpu_affinity or "")
-        cap_numbers = dict(parse_cap_override(text) for text in options.cap_numbers or ())
-        cap_table(cap_numbers)  # the environment's PYVMM_CAP_* too: refuse a bad one before anything runs
-    except (PolicyParseError, CapError) as err:
+    except PolicyParseError as err:
         raise UsageError(str(err)) from None
+    cap_numbers: dict[str, int] = {}
+    if options.cap_numbers or any(name.startswith("PYVMM_CAP_") for name in os.environ):
+        from pyvmm.idle.caps import CapError, cap_table, parse_cap_override
+
+        try:
+            cap_numbers = dict(parse_cap_override(text) for text in options.cap_numbers)
+            cap_table(cap_numbers)  # the environment's PYVMM_CAP_* too: refuse a bad one before anything runs
+        except CapError as err:
+            raise UsageError(str(err)) from None
     return IdleSpec(policy=policy, cap_numbers=cap_numbers, api_socket=_path(options.api_socket),
                     stats_json=_path(options.stats_json))
 
 
-def device_specs(options: RunOptions) -> list[vc.DeviceConfig]:
+def device_specs(options: RunOptions) -> list["vc.DeviceConfig"]:
     if options.console_kind not in ("serial", "virtio"):
         raise UsageError(f"--console must be serial or virtio (got {options.console_kind!r})")
+    if not (options.disks or options.nets or options.vsock or options.rng or options.console_kind == "virtio"):
+        return []  # the parsers' module is not imported for a VM without virtio devices
+    from pyvmm.devices.virtio import config as vc
+
     devices: list[vc.DeviceConfig] = [vc.parse_disk(text) for text in options.disks or ()]
     devices += [vc.parse_net(text) for text in options.nets or ()]
     if options.vsock:

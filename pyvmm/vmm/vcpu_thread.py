@@ -138,7 +138,12 @@ class VcpuThread(threading.Thread):
             port_read, port_write, port_writes = port_bus.read, port_bus.write, port_bus.write_cache
 
         outcome: VmOutcome | None = None  # set by an exit that ends the VM
-        while outcome is None and not self._stop_requested:
+        # `while True` on purpose: CPython 3.11 specialises a running function's bytecode only at function entry or
+        # at an unconditional JUMP_BACKWARD. A loop whose condition sits at its end (POP_JUMP_BACKWARD_IF_*), entered
+        # once per thread like this one, would run unspecialised for the VM's whole life, at about half the speed.
+        while True:
+            if outcome is not None or self._stop_requested:
+                break
             try:
                 enter()
             except OSError as err:
@@ -150,14 +155,14 @@ class VcpuThread(threading.Thread):
                 addr, data, length, is_write = mmio_exit()
                 if not is_write:
                     complete_read(length, mmio_read(addr, length))
-                elif (target := mmio_writes.get(addr << 4 | length)) is not None:
+                elif (target := mmio_writes.get(addr * 16 + length)) is not None:
                     target[0](target[1], length, data & mask[length])
                 else:
                     mmio_write(addr, length, data & mask[length])
             elif reason == EXIT_IO:
                 direction, size, port, count, at = io_exit()
                 if direction == IO_OUT and count == 1:
-                    if (target := port_writes.get(port << 4 | size)) is not None:
+                    if (target := port_writes.get(port * 16 + size)) is not None:
                         target[0](target[1], size, unpack_value[size](buffer, at)[0])
                     else:
                         port_write(port, size, unpack_value[size](buffer, at)[0])

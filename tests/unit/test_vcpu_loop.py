@@ -138,7 +138,7 @@ def test_mmio_writes_reach_the_device_and_repeat_through_the_bus_cache():
     writes = [mmio(0x1010, 4, 0xAABBCCDD), mmio(0x1010, 4, 0x11), mmio(0x1012, 2, 0xDEAD_0022)]
     outcome, _, _ = run_loop([*writes, POWER_OFF], mmio_bus=bus)
     assert device.writes == [(0x10, 4, 0xAABBCCDD), (0x10, 4, 0x11), (0x12, 2, 0x22)]  # masked to the access size
-    assert set(bus.write_cache) == {0x1010 << 4 | 4, 0x1012 << 4 | 2}
+    assert set(bus.write_cache) == {0x1010 * 16 + 4, 0x1012 * 16 + 2}
     assert outcome.status == ExitStatus.OK and outcome.reason == "the guest powered off"
 
 
@@ -174,7 +174,7 @@ def test_port_io_goes_to_the_x86_port_bus():
     ], pio_bus=ports)
     assert device.writes == [(4, 4, 7), (4, 4, 8), (0x10, 1, 1), (0x10, 1, 2), (0x10, 1, 3)]
     assert device.reads == [(8, 2), (8, 2)]
-    assert 0x504 << 4 | 4 in ports.write_cache and not outcome.error
+    assert 0x504 * 16 + 4 in ports.write_cache and not outcome.error
 
 
 def test_a_triple_fault_is_a_reboot_on_x86_and_unknown_elsewhere():
