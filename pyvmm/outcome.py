@@ -52,6 +52,9 @@ class ConsoleVerdict:
     expect_matched: bool = False
     command: bool = False  # `-- CMD`: the status is the command's
     command_status: int | None = None  # as the guest reported it (test device EXIT, or the console marker line)
+    # --fail-on matched (the reason): a line whose end KVM still held queued when the guest powered off is only
+    # seen once the VM has stopped, too late to stop it with FAILED
+    failed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ def final_status(outcome: VmOutcome, verdict: ConsoleVerdict | None = None) -> F
     status = outcome.status
     if verdict is None or (status == ExitStatus.TIMEOUT and outcome.error):
         return FinalStatus(status)
+    if verdict.failed is not None and status == ExitStatus.OK and not outcome.error:
+        return FinalStatus(ExitStatus.FAILED, verdict.failed, error=True)
     if verdict.expect is not None and not verdict.expect_matched and status == ExitStatus.OK:
         return FinalStatus(ExitStatus.FAILED, f"the guest ended before the console matched --expect "
                                               f"{verdict.expect!r} ({outcome.reason})")

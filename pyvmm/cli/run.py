@@ -31,7 +31,7 @@ class SizeParam(click.ParamType):
 SECTIONS = {
     "Guest": ["kernel", "initrd", "cmdline", "guest_args", "nodefaults", "on_reboot", "name"],
     "CPUs and memory": ["cpus", "memory", "irqchip", "pmu"],
-    "Console": ["console_kind", "console_log", "no_stdin"],
+    "Console": ["console_kind", "console_log", "no_stdin", "no_coalesced_console"],
     "Devices": ["disks", "nets", "rng", "vsock", "network"],
     "Idle tuning": ["wfx_trap_threshold", "wfx_passthrough", "halt_poll_ns", "idle_exits", "cpu_affinity",
                     "allow_fallback", "cap_numbers", "api_socket", "stats_json"],

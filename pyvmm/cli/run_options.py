@@ -61,6 +61,10 @@ DEVICE_OPTIONS: list[Callable] = [
                  help="Guest console: the UART (ttyS0), or a virtio-console (hvc0; the UART stays for early output "
                       "and pyvmm adds `console=hvc0 earlycon` unless -p names a console). Needs virtio_mmio and "
                       "virtio_console in the guest kernel."),
+    click.option("--no-coalesced-console", is_flag=True,
+                 help="Make every guest write to the UART's transmit register exit to pyvmm, instead of letting KVM "
+                      "queue them in its coalesced MMIO/PIO ring (the default where KVM offers it). The output is "
+                      "the same; for comparisons."),
     click.option("--rng", is_flag=True, help="A virtio-rng device fed from the host's getrandom() (/dev/hwrng)."),
     click.option("--vsock", "vsock", metavar="cid=N",
                  help="A virtio-vsock device with guest CID N (3 or more), served by the host kernel's vhost-vsock "

@@ -23,11 +23,13 @@ from pyvmm.devices.virtio.constants import MMIO_QUEUE_NOTIFY, MMIO_SIZE
 from pyvmm.errors import UsageError
 
 if TYPE_CHECKING:
+    from pyvmm.devices.coalesced import CoalescedZone, QueuedWriteDevice
     from pyvmm.devices.virtio.config import DeviceConfig
     from pyvmm.devices.virtio.device import VirtioDevice
     from pyvmm.devices.virtio.interrupt import IrqfdInterrupt, LineInterrupt
     from pyvmm.devices.virtio.transport import MmioTransport
     from pyvmm.devices.virtio.worker import DeviceWorker
+    from pyvmm.kvm.vcpu import Vcpu
     from pyvmm.kvm.vm import Vm
 
 # The virtio modules (transport, worker, logging) are imported when a VM has virtio devices: a VM without any starts
@@ -67,6 +69,7 @@ class DeviceManager:
         self.virtio: list[VirtioSlot] = []
         self._window = virtio_window
         self._irq_line_arg = irq_line_arg
+        self.coalesced: CoalescedZone | None = None
 
     def irq_setter(self, irq: int) -> Callable[[int], None]:
         """A level setter for a device's interrupt line (KVM_IRQ_LINE)."""
@@ -80,6 +83,47 @@ class DeviceManager:
         (self.pio if bus == BUS_PIO else self.mmio).register(base, size, device)
         self.placements.append(placement)
         return placement
+
+    def coalesce_writes(self, device: QueuedWriteDevice, placement: Placement, offset: int, size: int,
+                        vcpu: Vcpu) -> bool:
+        """Let KVM queue the guest's writes to [offset, offset + size) of a placed device in the VM's coalesced ring
+        (mapped through `vcpu`) instead of exiting (pyvmm.devices.coalesced). False, and every write exits as
+        before, where KVM lacks coalesced MMIO (or PIO, for a port I/O device) or refuses the zone."""
+        import logging
+
+        from pyvmm_bindings import constants as c
+
+        from pyvmm.devices.coalesced import CoalescedZone
+
+        if self.coalesced is not None:
+            raise ValueError("one device per VM may queue writes: the coalesced ring has one consumer")
+        pio = placement.bus == BUS_PIO
+        page_offset = self.vm.check_extension(c.KVM_CAP_COALESCED_MMIO)
+        if not page_offset or (pio and not self.vm.check_extension(c.KVM_CAP_COALESCED_PIO)):
+            return False
+        address = placement.base + offset
+        try:
+            ring = vcpu.coalesced_ring(page_offset)
+        except (OSError, ValueError) as err:
+            logging.getLogger(__name__).info("%s: no coalesced ring (%s): every write exits", device.name, err)
+            return False
+        try:
+            self.vm.coalesce_writes(address, size, pio=pio)
+        except OSError as err:
+            ring.close()
+            logging.getLogger(__name__).info("%s: KVM refused a coalesced zone (%s): every write exits", device.name,
+                                             err.strerror)
+            return False
+        self.coalesced = CoalescedZone(ring, device, address, size, pio)
+        self.coalesced.start()
+        logging.getLogger(__name__).debug("%s: writes to %#x (%d byte(s), %s) coalesced in KVM's ring of %d",
+                                          device.name, address, size, "port" if pio else "MMIO", ring.size)
+        return True
+
+    def flush(self) -> None:
+        """Apply the writes KVM still holds queued (the vCPUs have stopped: the guest's last output)."""
+        if self.coalesced is not None:
+            self.coalesced.device.flush()
 
     # -- virtio -------------------------------------------------------------------------------------------------
     def add_virtio_devices(self, specs: list["DeviceConfig"], console_output: Callable[[bytes], None]) -> None:
@@ -166,7 +210,16 @@ class DeviceManager:
         return consoles[0].feed if consoles else None
 
     def close(self) -> None:
-        """Stop the virtio devices (their workers use guest RAM) and take them off the bus."""
+        """Drain the coalesced ring; stop the virtio devices (their workers use guest RAM) and take them off the
+        bus."""
+        zone, self.coalesced = self.coalesced, None
+        try:
+            if zone is not None:
+                zone.close()
+        finally:
+            self._close_virtio()
+
+    def _close_virtio(self) -> None:
         for slot in self.virtio:
             # The device's fds close after its worker has stopped: at once, or when a worker stuck in host I/O
             # returns (closing them under it could hand their numbers to new fds it would then write).

@@ -2,13 +2,20 @@
 
 Transmission is instant: a byte written to THR goes straight to the output sink, so the transmitter is always empty
 and the THRE interrupt follows every write when enabled. Input arrives through `feed()` from the console thread.
+
+Queued writes: where KVM coalesces the guest's writes to THR (`queue_writes`, set up by the device manager), they
+wait in KVM's ring instead of exiting. Every register access that does exit applies the queued ones first, in order
+and with the UART's state at that point (a divisor latch write with LCR.DLAB set stays one), so the registers read
+and the bytes output are those of a UART that saw every write exit. `flush()` applies them from elsewhere (the
+device manager's flusher thread, the end of the VM). Output happens under `_tx_lock`, so batches drained by
+different threads reach the console in ring order.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable
+from typing import Callable, Iterable
 
 from pyvmm.devices.placement import GuestIdentity
 
@@ -60,6 +67,34 @@ class Serial16550:
         self._dlm = 0
         self._thre_pending = False
         self._irq_level = 0
+        # (offset, size, value) of writes KVM queued, oldest first; None: every write exits (the default).
+        self._queued: Callable[[], Iterable[tuple[int, int, int]]] | None = None
+        self._tx_lock = threading.Lock()  # held from taking queued writes until their bytes are output
+        self.queued_writes = 0  # how many writes arrived through the queue (tests, --debug)
+
+    def queue_writes(self, take: Callable[[], Iterable[tuple[int, int, int]]]) -> None:
+        """From now on some writes arrive through `take()` (KVM's coalesced ring) rather than `write()`."""
+        self._queued = take
+
+    def flush(self) -> None:
+        """Apply the queued writes, in order, and output their bytes."""
+        if self._queued is None:
+            return
+        with self._tx_lock:
+            self._apply_queued()
+
+    # Called with _tx_lock held.
+    def _apply_queued(self) -> None:
+        assert self._queued is not None
+        out = bytearray()
+        with self._lock:
+            for offset, _size, value in self._queued():
+                byte = self._write_register(offset, value & 0xFF)
+                if byte is not None:
+                    out.append(byte)
+                self.queued_writes += 1
+        if out:
+            self._output(bytes(out))
 
     # Called with the lock held.
     def _update_irq(self) -> None:
@@ -76,6 +111,8 @@ class Serial16550:
             self._update_irq()
 
     def read(self, offset: int, size: int) -> int:
+        if self._queued is not None:
+            self.flush()  # the guest's earlier THR writes come first (LSR, IIR's THRE)
         with self._lock:
             dlab = self._lcr & LCR_DLAB
             if offset == RBR_THR:
@@ -112,37 +149,50 @@ class Serial16550:
 
     def write(self, offset: int, size: int, value: int) -> None:
         value &= 0xFF
-        out = None
+        if self._queued is not None:
+            with self._tx_lock:
+                self._apply_queued()  # earlier THR writes first: an LCR or DLAB change must not overtake them
+                with self._lock:
+                    out = self._write_register(offset, value)
+                if out is not None:
+                    self._output(bytes((out,)))
+            return
         with self._lock:
-            dlab = self._lcr & LCR_DLAB
-            if offset == RBR_THR:
-                if dlab:
-                    self._dll = value
-                elif self._mcr & MCR_LOOP:
-                    if len(self._rx) < RX_LIMIT:
-                        self._rx.append(value)
-                    self._thre_pending = True
-                else:
-                    out = bytes((value,))
-                    self._thre_pending = True
-            elif offset == IER:
-                if dlab:
-                    self._dlm = value
-                else:
-                    enabling_thri = value & IER_THRI and not self._ier & IER_THRI
-                    self._ier = value & 0x0F
-                    if enabling_thri:
-                        self._thre_pending = True  # the transmitter is always empty
-            elif offset == IIR_FCR:
-                self._fcr = value
-                if value & FCR_CLEAR_RX:
-                    self._rx.clear()
-            elif offset == LCR:
-                self._lcr = value
-            elif offset == MCR:
-                self._mcr = value & 0x1F
-            elif offset == SCR:
-                self._scr = value
-            self._update_irq()
+            out = self._write_register(offset, value)
         if out is not None:
-            self._output(out)
+            self._output(bytes((out,)))
+
+    # Called with the lock held; returns the byte to output, if any.
+    def _write_register(self, offset: int, value: int) -> int | None:
+        out = None
+        dlab = self._lcr & LCR_DLAB
+        if offset == RBR_THR:
+            if dlab:
+                self._dll = value
+            elif self._mcr & MCR_LOOP:
+                if len(self._rx) < RX_LIMIT:
+                    self._rx.append(value)
+                self._thre_pending = True
+            else:
+                out = value
+                self._thre_pending = True
+        elif offset == IER:
+            if dlab:
+                self._dlm = value
+            else:
+                enabling_thri = value & IER_THRI and not self._ier & IER_THRI
+                self._ier = value & 0x0F
+                if enabling_thri:
+                    self._thre_pending = True  # the transmitter is always empty
+        elif offset == IIR_FCR:
+            self._fcr = value
+            if value & FCR_CLEAR_RX:
+                self._rx.clear()
+        elif offset == LCR:
+            self._lcr = value
+        elif offset == MCR:
+            self._mcr = value & 0x1F
+        elif offset == SCR:
+            self._scr = value
+        self._update_irq()
+        return out

@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any, Callable
 
 from pyvmm.errors import KvmUnavailableError
+from pyvmm.kvm.coalesced import CoalescedRing
 from pyvmm.kvm.ioctl import bind_no_arg, bindings, ffi, ioctl, new
 from pyvmm.kvm.vm import Vm, set_device_attr
 
@@ -158,6 +159,11 @@ class Vcpu:
         if self._stats_fd >= 0:
             return os.dup(self._stats_fd)
         return ioctl(self.fd, bindings.KVM_GET_STATS_FD)
+
+    def coalesced_ring(self, page_offset: int) -> CoalescedRing:
+        """Map the VM's coalesced MMIO/PIO ring from this vCPU's fd (`page_offset`: the value of
+        KVM_CHECK_EXTENSION(KVM_CAP_COALESCED_MMIO)); the caller closes it. Raises OSError or ValueError."""
+        return CoalescedRing.map(self.fd, page_offset, self.vm.kvm.vcpu_mmap_size())
 
     def set_cpuid2(self, cpuid: Any) -> None:
         """KVM_SET_CPUID2 (x86_64) with a `struct kvm_cpuid2 *` (e.g. from Kvm.supported_cpuid)."""

@@ -114,6 +114,17 @@ class Vm:
         request.flags = flags
         ioctl(self.fd, bindings.KVM_IOEVENTFD, request)
 
+    def coalesce_writes(self, addr: int, size: int, pio: bool = False, unregister: bool = False) -> None:
+        """KVM_(UN)REGISTER_COALESCED_MMIO: the guest's writes inside [addr, addr + size) of guest-physical space
+        (of port space with `pio`, KVM_CAP_COALESCED_PIO) go to the coalesced ring (pyvmm.kvm.coalesced) instead of
+        exiting, while the ring has room. Raises OSError."""
+        zone = new("struct kvm_coalesced_mmio_zone *")
+        zone.addr = addr
+        zone.size = size
+        zone.pio = int(pio)
+        ioctl(self.fd, bindings.KVM_UNREGISTER_COALESCED_MMIO if unregister else bindings.KVM_REGISTER_COALESCED_MMIO,
+              zone)
+
     # -- in-kernel devices --------------------------------------------------------------------------------------
     def create_device(self, device_type: int, test_only: bool = False) -> int:
         """KVM_CREATE_DEVICE; returns the device fd (or 0 when test_only and supported). Raises OSError."""

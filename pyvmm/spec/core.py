@@ -65,11 +65,13 @@ def host_memory_bytes() -> int:
 
 @dataclass
 class ConsoleSpec:
-    """Where the guest's UART goes: output to stdout (`echo`) and optionally a log, input from stdin."""
+    """Where the guest's UART goes: output to stdout (`echo`) and optionally a log, input from stdin. `coalesce`:
+    KVM queues the guest's transmit writes in its coalesced ring where it can (pyvmm.devices.coalesced)."""
 
     stdin: bool = True
     echo: bool = True
     log_path: Path | None = None
+    coalesce: bool = True
 
 
 @dataclass

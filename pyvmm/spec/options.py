@@ -42,6 +42,7 @@ class RunOptions:
     disks: Iterable[str] = ()
     nets: Iterable[str] = ()
     console_kind: str = "serial"
+    no_coalesced_console: bool = False
     rng: bool = False
     vsock: str | None = None
     # testing
@@ -166,6 +167,7 @@ def build_spec(*, name: str = "", kernel: PathLike | None = None, initrd: PathLi
         memory=memory if isinstance(memory, int) else parse_size(memory), cpus=int(cpus),
         guest_args=[int(a) for a in guest_args], irqchip=irqchip, pmu=pmu, nodefaults=nodefaults,
         on_reboot=on_reboot, dtb_dump=_path(dump_dtb),
-        debug=debug, console=ConsoleSpec(stdin=stdin, echo=echo, log_path=_path(console_log)), devices=devices,
+        debug=debug, console=ConsoleSpec(stdin=stdin, echo=echo, log_path=_path(console_log),
+                                                   coalesce=not options.no_coalesced_console), devices=devices,
         idle=idle_spec(options), testing=testing_spec(options),
     )

@@ -35,6 +35,7 @@ class ConsoleWatch:
         self.expect_matched = False
         self.stopped = False  # a verdict was reached: matching more lines is pointless
         self.marker_status: int | None = None
+        self.failed: str | None = None  # why --fail-on matched (for final_status: the VM may have stopped first)
         self.vmm: "Vmm | None" = None
         self._pending: Callable[[str], VmOutcome] | None = None  # a verdict waiting for the end of its line
         self._grace: threading.Timer | None = None
@@ -56,7 +57,7 @@ class ConsoleWatch:
                 self._stop_pending(line)  # the matched line is whole: stop now
             return
         if self.fail_on is not None and self.fail_on.search(line):
-            failed = f"the console matched --fail-on {self.fail_on.pattern!r}"
+            failed = self.failed = f"the console matched --fail-on {self.fail_on.pattern!r}"
             self._verdict(lambda whole: VmOutcome(ExitStatus.FAILED, f"{failed}: {whole.strip()[:200]}", error=True),
                           line, complete)
         elif self.expect is not None and not self.expect_matched and self.expect.search(line):
@@ -84,7 +85,10 @@ class ConsoleWatch:
     def _stop_pending(self, line: str) -> None:
         outcome, self._pending = self._pending, None
         if outcome is not None and self.vmm is not None:
-            self.vmm.stop(outcome(line))
+            ended = outcome(line)
+            if self.failed is not None:
+                self.failed = ended.reason  # with the whole line, for a verdict reached after the VM stopped
+            self.vmm.stop(ended)
 
     def end_line(self) -> None:
         """Once the VM has ended: a verdict that cut a line (a prompt) still leaves the console on a new line."""
@@ -137,7 +141,7 @@ class ConsoleChecks:
         command_status = self.testdev_status if self.testdev_status is not None else self.watch.marker_status
         return ConsoleVerdict(expect=self.spec.expect.pattern if self.spec.expect else None,
                               expect_matched=self.watch.expect_matched, command=bool(self.spec.command),
-                              command_status=command_status)
+                              command_status=command_status, failed=self.watch.failed)
 
     def close(self) -> None:
         timer, self.timer = self.timer, None

@@ -137,6 +137,7 @@ class Vmm:
             self.stop(self.latch.outcome)  # make every vCPU leave KVM_RUN
             for thread in self.threads:
                 thread.join(5.0)
+            machine.devices.flush()  # console output KVM still holds queued, before anyone reads the verdicts
             return self.latch.outcome
 
     def _teardown(self) -> None:

@@ -95,6 +95,7 @@ EXPECT = ConsoleVerdict(expect="login:")
 EXPECT_MET = ConsoleVerdict(expect="login:", expect_matched=True)
 COMMAND = ConsoleVerdict(command=True)
 COMMAND_5 = ConsoleVerdict(command=True, command_status=5)
+FAILED_LATE = ConsoleVerdict(failed="the console matched --fail-on 'panic'")
 
 
 @pytest.mark.parametrize("outcome, verdict, status", [
@@ -117,6 +118,9 @@ COMMAND_5 = ConsoleVerdict(command=True, command_status=5)
     (REBOOT, COMMAND_5, ExitStatus.REBOOT),  # a panic (panic=-1) is a reboot
     (VM_ERROR, COMMAND_5, ExitStatus.SOFTWARE),
     (FAIL_ON, COMMAND_5, ExitStatus.FAILED),
+    (POWER_OFF, FAILED_LATE, ExitStatus.FAILED),  # --fail-on matched a line drained after the power-off
+    (GUEST_3, FAILED_LATE, 3),
+    (TIMEOUT, FAILED_LATE, ExitStatus.TIMEOUT),
     (POWER_OFF, ConsoleVerdict(expect="x", expect_matched=True, command=True, command_status=5), ExitStatus.OK),
 ])
 def test_final_status(outcome, verdict, status):

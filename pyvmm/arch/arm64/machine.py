@@ -57,6 +57,8 @@ def build(ctx: MachineContext) -> Machine:
         devices = DeviceManager(vm, VIRTIO_SLOTS, irq_line_arg=gic.spi_irq_line)
         uart = serial.Serial16550(ctx.console_output, devices.irq_setter(layout.UART_SPI), name="ttyS0")
         console = devices.add(uart, uart.identity, base=layout.UART, size=layout.UART_SIZE, irq=layout.UART_SPI)
+        if spec.console.coalesce:  # the THR byte (reg-io-width 1: Linux's 8250 and earlycon use byte stores)
+            devices.coalesce_writes(uart, console, serial.RBR_THR, 1, vcpus[0])
         test_device = testdev.TestDevice(ctx.on_guest_exit, spec.guest_args)
         devices.add(test_device, test_device.identity, base=layout.TESTDEV, size=testdev.SIZE)
         devices.add_virtio_devices(spec.devices, ctx.console_output)

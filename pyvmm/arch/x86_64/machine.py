@@ -66,8 +66,8 @@ def build(ctx: MachineContext) -> Machine:
 
         devices = DeviceManager(vm, VIRTIO_SLOTS, irq_line_arg=lambda irq: irq)  # ISA IRQs and GSIs are pins
         uart = serial.Serial16550(ctx.console_output, devices.irq_setter(layout.COM1_IRQ), name="COM1")
-        devices.add(uart, uart.identity, base=layout.COM1_PORT, size=serial.REGISTERS, irq=layout.COM1_IRQ,
-                    bus=BUS_PIO)
+        com1 = devices.add(uart, uart.identity, base=layout.COM1_PORT, size=serial.REGISTERS, irq=layout.COM1_IRQ,
+                           bus=BUS_PIO)
         test_device = testdev.TestDevice(ctx.on_guest_exit, spec.guest_args)
         devices.add(test_device, test_device.identity, base=layout.TESTDEV_PORT, size=testdev.SIZE, bus=BUS_PIO)
         devices.add_virtio_devices(spec.devices, ctx.console_output)
@@ -77,6 +77,8 @@ def build(ctx: MachineContext) -> Machine:
             vcpu = Vcpu(vm, index)
             vcpus.append(vcpu)
             cpuid.set_cpuid(ctx.kvm, vcpu, spec.hide_pv_unhalt)
+        if spec.console.coalesce:  # the THR byte: `outb` to 0x3F8 (KVM_CAP_COALESCED_PIO)
+            devices.coalesce_writes(uart, com1, serial.RBR_THR, 1, vcpus[0])
         # vCPU 0 is the bootstrap processor; the others wait for INIT/SIPI in the in-kernel LAPIC.
         boot.set_real_mode_entry(vcpus[0])
     except BaseException:
