@@ -25,6 +25,7 @@ class QueuedWriteDevice(Protocol):
     """A device whose writes may arrive queued: `take()` gives (offset, size, value) of each, oldest first."""
 
     name: str
+    queued_writes: int  # how many writes came through the queue
 
     def queue_writes(self, take: Callable[[], Iterable[tuple[int, int, int]]]) -> None: ...
 
@@ -68,3 +69,4 @@ class CoalescedZone:
             self.device.flush()
         finally:
             self.ring.close()
+        log.debug("%s: %d writes came through KVM's coalesced ring", self.device.name, self.device.queued_writes)
