@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable, Iterable
+from typing import Callable, Sequence
 
 from pyvmm.devices.placement import GuestIdentity
 
@@ -68,33 +68,35 @@ class Serial16550:
         self._thre_pending = False
         self._irq_level = 0
         # (offset, size, value) of writes KVM queued, oldest first; None: every write exits (the default).
-        self._queued: Callable[[], Iterable[tuple[int, int, int]]] | None = None
+        self._queued: Callable[[], Sequence[tuple[int, int, int]]] | None = None
         self._tx_lock = threading.Lock()  # held from taking queued writes until their bytes are output
         self.queued_writes = 0  # how many writes arrived through the queue (tests, --debug)
 
-    def queue_writes(self, take: Callable[[], Iterable[tuple[int, int, int]]]) -> None:
+    def queue_writes(self, take: Callable[[], Sequence[tuple[int, int, int]]]) -> None:
         """From now on some writes arrive through `take()` (KVM's coalesced ring) rather than `write()`."""
         self._queued = take
 
-    def flush(self) -> None:
-        """Apply the queued writes, in order, and output their bytes."""
+    def flush(self) -> int:
+        """Apply the queued writes, in order, and output their bytes; returns how many there were."""
         if self._queued is None:
-            return
+            return 0
         with self._tx_lock:
-            self._apply_queued()
+            return self._apply_queued()
 
     # Called with _tx_lock held.
-    def _apply_queued(self) -> None:
+    def _apply_queued(self) -> int:
         assert self._queued is not None
         out = bytearray()
         with self._lock:
-            for offset, _size, value in self._queued():
+            writes = self._queued()
+            for offset, _size, value in writes:
                 byte = self._write_register(offset, value & 0xFF)
                 if byte is not None:
                     out.append(byte)
-                self.queued_writes += 1
+            self.queued_writes += len(writes)
         if out:
             self._output(bytes(out))
+        return len(writes)
 
     # Called with the lock held.
     def _update_irq(self) -> None:

@@ -31,7 +31,7 @@ def test_a_verbose_linux_boot_prints_the_same_with_and_without_the_ring(l2_kerne
         assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
         out = result.stdout.decode(errors="replace")
         assert "Booting Linux on physical CPU" in out and "PYVMM-L2-USERSPACE-OK" in out, out[-3000:]
-        assert "console-done\nPYVMM-L2-CMD-EXIT 0\n" in out, out[-3000:]
+        assert "console-done\r\nPYVMM-L2-CMD-EXIT 0\r\n" in out, out[-3000:]
     assert b"coalesced in KVM's ring" in queued.stderr
     assert b"coalesced in KVM's ring" not in exits.stderr
     through_ring = re.search(rb"(\d+) writes came through KVM's coalesced ring", queued.stderr)
