@@ -14,9 +14,11 @@ CMD = base64.b64encode(b"echo console-done").decode()
 
 
 def _boot(l2_kernel, l2_initrd, *args: str):
-    # printk.time=0: no timestamps, so two boots print the same text
+    # printk.time=0: no timestamps, so two boots print the same text; no soft-lockup or RCU-stall reports, which
+    # the emulated host's slowness triggers at random
     return run_pyvmm("run", "--no-stdin", "--debug", "-k", str(l2_kernel), "-i", str(l2_initrd), "-m", "512M",
-                     "-p", f"printk.time=0 panic=-1 pyvmm.cmd={CMD}", *args, timeout=TIMEOUT)
+                     "-p", f"printk.time=0 nowatchdog rcupdate.rcu_cpu_stall_suppress=1 panic=-1 pyvmm.cmd={CMD}",
+                     *args, timeout=TIMEOUT)
 
 
 def _lines(out: bytes) -> list[str]:
