@@ -10,7 +10,7 @@ host 5 wake-ups a second, not 50). `close()` drains it one last time. kvmtool in
 
 from __future__ import annotations
 
-import logging
+import sys
 import threading
 from typing import TYPE_CHECKING, Callable, Sequence, Protocol
 
@@ -20,7 +20,13 @@ if TYPE_CHECKING:
 FLUSH_PERIOD_S = 0.02  # how late queued output may appear while the guest makes no exit ...
 FLUSH_PERIOD_MAX_S = 0.2  # ... and after a quiet spell
 
-log = logging.getLogger(__name__)
+
+
+def debug(message: str, *args: object) -> None:
+    """Log at debug level if logging is in use: importing it for a line nobody configured to show costs start-up."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger(__name__).debug(message, *args)
 
 
 class QueuedWriteDevice(Protocol):
@@ -61,7 +67,10 @@ class CoalescedZone:
             try:
                 period = FLUSH_PERIOD_S if flush() else min(period * 2, FLUSH_PERIOD_MAX_S)
             except Exception:  # the console's output failing must not end the flushing of later output
-                log.debug("%s: flushing queued writes failed", self.device.name, exc_info=True)
+                import logging
+
+                logging.getLogger(__name__).debug("%s: flushing queued writes failed", self.device.name,
+                                                  exc_info=True)
 
     def close(self) -> None:
         """Stop the flusher and drain what is left: the guest's last bytes appear before the VM is gone."""
@@ -72,4 +81,4 @@ class CoalescedZone:
             self.device.flush()
         finally:
             self.ring.close()
-        log.debug("%s: %d writes came through KVM's coalesced ring", self.device.name, self.device.queued_writes)
+        debug("%s: %d writes came through KVM's coalesced ring", self.device.name, self.device.queued_writes)

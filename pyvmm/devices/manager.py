@@ -89,11 +89,9 @@ class DeviceManager:
         """Let KVM queue the guest's writes to [offset, offset + size) of a placed device in the VM's coalesced ring
         (mapped through `vcpu`) instead of exiting (pyvmm.devices.coalesced). False, and every write exits as
         before, where KVM lacks coalesced MMIO (or PIO, for a port I/O device) or refuses the zone."""
-        import logging
-
         from pyvmm_bindings import constants as c
 
-        from pyvmm.devices.coalesced import CoalescedZone
+        from pyvmm.devices.coalesced import CoalescedZone, debug
 
         if self.coalesced is not None:
             raise ValueError("one device per VM may queue writes: the coalesced ring has one consumer")
@@ -105,19 +103,23 @@ class DeviceManager:
         try:
             ring = vcpu.coalesced_ring(page_offset)
         except (OSError, ValueError) as err:
+            import logging
+
             logging.getLogger(__name__).info("%s: no coalesced ring (%s): every write exits", device.name, err)
             return False
         try:
             self.vm.coalesce_writes(address, size, pio=pio)
         except OSError as err:
             ring.close()
+            import logging
+
             logging.getLogger(__name__).info("%s: KVM refused a coalesced zone (%s): every write exits", device.name,
                                              err.strerror)
             return False
         self.coalesced = CoalescedZone(ring, device, address, size, pio)
         self.coalesced.start()
-        logging.getLogger(__name__).debug("%s: writes to %#x (%d byte(s), %s) coalesced in KVM's ring of %d",
-                                          device.name, address, size, "port" if pio else "MMIO", ring.size)
+        debug("%s: writes to %#x (%d byte(s), %s) coalesced in KVM's ring of %d", device.name, address, size,
+              "port" if pio else "MMIO", ring.size)
         return True
 
     def flush(self) -> None:
