@@ -155,7 +155,10 @@ def test_bench_idle_table(custom, tmp_path):
     rows = {row["policy"]: row for row in csv.DictReader((tmp_path / "b.csv").open())}
     assert list(rows) == ["default", "threshold=0", "threshold=100", "passthrough=wfi"]
     wfi_per_period = {k: float(v["wfi/period"]) for k, v in rows.items()}
-    assert wfi_per_period["threshold=0"] >= 0.95 and wfi_per_period["default"] >= 0.95, wfi_per_period
+    # Trapping policies trap about one WFI per period, not always exactly: a WFI that finds its interrupt already
+    # pending completes without trapping (HCR_EL2.TWI traps only a WFI that would wait), which happens when a busy
+    # host delays the emulated vCPU past the timer's deadline.
+    assert wfi_per_period["threshold=0"] >= 0.8 and wfi_per_period["default"] >= 0.8, wfi_per_period
     assert wfi_per_period["threshold=100"] <= 0.05 and wfi_per_period["passthrough=wfi"] <= 0.05, wfi_per_period
     assert all(float(v["wake median us"]) > 0 for v in rows.values())
 
@@ -254,7 +257,10 @@ def test_threshold_follows_a_hog_on_the_vcpus_cpu(custom, live_vm, hog):
             assert periods >= 50, seen
         print(f"hog on the vCPU's CPU {VCPU_CPU}: threshold, periods, trapped WFIs: {seen}")
         (_, p1, t1), (_, p2, t2), (_, p3, t3) = seen
-        assert t1 >= 0.95 * p1 and t2 <= 0.05 * p2 and t3 >= 0.95 * p3, seen
+        # With the hog sharing its CPU the vCPU thread waits to run for part of every period, and a WFI that then
+        # finds the timer already pending completes without trapping (HCR_EL2.TWI traps only a WFI that would wait):
+        # on a busy host "trapped" is well above half the periods, "not trapped" stays near zero.
+        assert t1 >= 0.5 * p1 and t2 <= 0.05 * p2 and t3 >= 0.5 * p3, seen
         c.request("stop")
     assert proc.wait(60) == 0
 
