@@ -23,6 +23,11 @@ IO_OFFSET = ffi.offsetof("struct kvm_run", "io")
 MMIO_OFFSET = ffi.offsetof("struct kvm_run", "mmio")
 MMIO_DATA_OFFSET = MMIO_OFFSET + 8
 MMIO_MAX_LEN = 8
+# The exit records as the vCPU loop reads them: exit_reason and the union's record in one unpack (one call per exit):
+# (reason, phys_addr, data, len, is_write) and (reason, direction, size, port, count, data_offset).
+_GAP = IO_OFFSET - EXIT_REASON_OFFSET - 4  # exit_reason's neighbours up to the union; MMIO_OFFSET == IO_OFFSET
+MMIO_RECORD = struct.Struct(f"<I{_GAP}xQQIB")
+IO_RECORD = struct.Struct(f"<I{_GAP}xBBHIQ")
 VALUE_MASK = [(1 << (8 * n)) - 1 for n in range(MMIO_MAX_LEN + 1)]  # by access size in bytes
 # Little-endian unpack of a 1/2/4/8-byte value at an offset of the page: cheaper than slicing + int.from_bytes.
 UNPACK_VALUE = {size: struct.Struct(f"<{code}").unpack_from for size, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))}
@@ -31,27 +36,25 @@ UNPACK_VALUE = {size: struct.Struct(f"<{code}").unpack_from for size, code in ((
 class RunPage:
     """The kvm_run page KVM and the vCPU thread share: the exit record decoded, the answer to a read written back.
 
-    The hot fields are read without cffi, whose attribute access costs several times a memoryview index:
-    `exit_reason[0]` is kvm_run.exit_reason (a one-element u32 view), and `mmio_exit()` and `io_exit()` are struct
-    unpacks bound to the page once (no Python frame per exit) that return (phys_addr, data as a u64, len, is_write)
-    and (direction, size, port, count, data_offset). Everything else reads the page through cffi (`run`). Works on
-    any writable buffer of the page's size, so tests need no /dev/kvm.
+    The hot fields are read without cffi, whose attribute access costs several times a struct unpack: `mmio_exit()`
+    and `io_exit()` are unpacks bound to the page once (no Python frame per exit) that return the exit reason with
+    the record it would have: (reason, phys_addr, data as a u64, len, is_write) and (reason, direction, size, port,
+    count, data_offset). Everything else reads the page through cffi (`run`). Works on any writable buffer of the
+    page's size, so tests need no /dev/kvm.
     """
 
     def __init__(self, buffer: Any) -> None:
         self.buffer = buffer
         self._cdata = ffi.from_buffer(buffer)
         self.run = ffi.cast("struct kvm_run *", self._cdata)
-        self._view = memoryview(buffer)
-        self.exit_reason = self._view[EXIT_REASON_OFFSET : EXIT_REASON_OFFSET + 4].cast("I")
-        self.mmio_exit: Callable[[], tuple[int, int, int, int]] = partial(MMIO_EXIT.unpack_from, buffer, MMIO_OFFSET)
-        self.io_exit: Callable[[], tuple[int, int, int, int, int]] = partial(IO_EXIT.unpack_from, buffer, IO_OFFSET)
+        self.mmio_exit: Callable[[], tuple[int, int, int, int, int]] = partial(
+            MMIO_RECORD.unpack_from, buffer, EXIT_REASON_OFFSET)
+        self.io_exit: Callable[[], tuple[int, int, int, int, int, int]] = partial(
+            IO_RECORD.unpack_from, buffer, EXIT_REASON_OFFSET)
 
     def release(self) -> None:
         """End cffi's export of the buffer (an mmap cannot close while exported)."""
         self.run = None
-        self.exit_reason.release()
-        self._view.release()
         ffi.release(self._cdata)
 
     def set_immediate_exit(self, value: bool) -> None:

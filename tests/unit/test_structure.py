@@ -32,6 +32,20 @@ def test_exit_record_layouts_match_the_bindings():
     assert vcpu_thread.MMIO_DATA_OFFSET == ffi.offsetof("struct kvm_run", "mmio", "data")
 
 
+def test_the_combined_exit_records_read_what_cffi_wrote():
+    from pyvmm.kvm.vcpu import RunPage
+
+    page = RunPage(bytearray(0x2000))
+    run = page.run
+    run.exit_reason, run.mmio.phys_addr, run.mmio.len, run.mmio.is_write = 6, 0x9000_0004, 4, 1
+    run.mmio.data[0:4] = b"\x78\x56\x34\x12"
+    assert page.mmio_exit()[:2] == (6, 0x9000_0004) and page.mmio_exit()[2] & 0xFFFF_FFFF == 0x1234_5678
+    assert page.mmio_exit()[3:] == (4, 1)
+    run.exit_reason, run.io.direction, run.io.size, run.io.port, run.io.count, run.io.data_offset = 2, 1, 2, 0x3F8, 3, 0x1000
+    assert page.io_exit() == (2, 1, 2, 0x3F8, 3, 0x1000)
+    page.release()
+
+
 def _module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
