@@ -1,4 +1,4 @@
-"""Typed lifecycle events of one VM, and the contract of a feature that subscribes to them.
+"""Typed lifecycle events of one VM (the contract of a feature that subscribes to them: runner.Feature).
 
 Order for one boot: before_vcpus(vm) -> started(vmm) -> stopping(outcome) -> finished(outcome). With
 `--on-reboot restart` the first three repeat for every boot; `finished` comes once, with the final outcome, while the
@@ -10,15 +10,13 @@ vCPU thread for the guest's own exit) unless that happened before `started` was 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Generic, Protocol, TypeVar
+from typing import Callable, Generic, TypeVar
 
 from pyvmm.kvm.vm import Vm
 from pyvmm.outcome import VmOutcome
 
-if TYPE_CHECKING:
-    from pyvmm.vmm.vmm import Vmm
-
 T = TypeVar("T")
+Owner = TypeVar("Owner")  # what `started` hands its handlers: the Vmm (generic so this module needs no import of it)
 
 
 class Event(Generic[T]):
@@ -35,19 +33,10 @@ class Event(Generic[T]):
             handler(value)
 
 
-class Lifecycle:
+class Lifecycle(Generic[Owner]):
     def __init__(self) -> None:
         self.before_vcpus: Event[Vm] = Event()  # the VM exists, no vCPU yet (some capabilities must come first)
-        self.started: Event["Vmm"] = Event()  # every vCPU thread runs
+        self.started: Event[Owner] = Event()  # every vCPU thread runs
         self.stopping: Event[VmOutcome] = Event()  # the VM was asked to stop; vCPU threads are still alive
         self.finished: Event[VmOutcome] = Event()  # the VM ended for good; the machine is not torn down yet
 
-
-class Feature(Protocol):
-    """Something a VmSpec asks for beyond the machine itself (idle control, console checks, ...)."""
-
-    def subscribe(self, vmm: "Vmm") -> None:
-        """Subscribe to vmm.events (and vmm.output) before the VM is built."""
-
-    def close(self) -> None:
-        """Release everything the feature opened. The runner calls it once the VM has ended, however it ended."""

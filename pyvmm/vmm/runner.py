@@ -20,13 +20,22 @@ from pyvmm.arch.machine import Machine
 from pyvmm.errors import MissingFileError
 from pyvmm.spec import VmSpec
 from pyvmm.vmm.console import ConsoleOutput
-from pyvmm.vmm.lifecycle import Feature
 from pyvmm.outcome import FinalStatus, VmOutcome, final_status
 from pyvmm.vmm.vmm import Vmm
 
 if TYPE_CHECKING:
     from pyvmm.idle.feature import IdleFeature
     from pyvmm.vmm.checks import ConsoleChecks
+
+
+class Feature(Protocol):
+    """Something a VmSpec asks for beyond the machine itself (idle control, console checks, ...)."""
+
+    def subscribe(self, vmm: "Vmm") -> None:
+        """Subscribe to vmm.events (and vmm.output) before the VM is built."""
+
+    def close(self) -> None:
+        """Release everything the feature opened. The runner calls it once the VM has ended, however it ended."""
 
 
 class _HasClose(Protocol):

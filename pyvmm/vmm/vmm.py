@@ -25,7 +25,7 @@ class Vmm:
     def __init__(self, spec: VmSpec, output: ConsoleOutput | None = None) -> None:
         self.spec = spec
         self.output = output or ConsoleOutput()
-        self.events = Lifecycle()
+        self.events: Lifecycle[Vmm] = Lifecycle()
         self.latch = StopLatch()
         self.machine: Machine | None = None
         self.kvm: Kvm | None = None
