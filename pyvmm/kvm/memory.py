@@ -84,17 +84,29 @@ class GuestMemory:
                 return region, offset
         raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
 
+    # contains/view are on every request's path (one call per descriptor): the lookup is inlined, not _locate.
     def contains(self, gpa: int, length: int = 1) -> bool:
-        try:
-            self._locate(gpa, length)
-        except GuestMemoryError:
+        if length < 0 or gpa < 0:
             return False
-        return True
+        index = bisect.bisect(self._starts, gpa) - 1
+        if index < 0:
+            return False
+        region = self._regions[index]
+        return gpa - region.guest_phys + length <= region.size
 
     def view(self, gpa: int, length: int) -> memoryview:
         """A zero-copy view of guest RAM, for os.preadv/pwritev and parsing in place."""
-        region, offset = self._locate(gpa, length)
-        return region.view[offset : offset + length]
+        index = bisect.bisect(self._starts, gpa) - 1
+        if index >= 0 and length >= 0 and gpa >= 0:
+            region = self._regions[index]
+            offset = gpa - region.guest_phys
+            if offset + length <= region.size:
+                return region.view[offset : offset + length]
+        return self._raise(gpa, length)
+
+    def _raise(self, gpa: int, length: int) -> memoryview:
+        self._locate(gpa, length)  # raises the error that names the range
+        raise AssertionError("unreachable")
 
     def host_address(self, gpa: int, length: int) -> int:
         """The host virtual address of [gpa, gpa + length), which must lie in one region: for a kernel backend

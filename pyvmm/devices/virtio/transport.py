@@ -15,6 +15,7 @@ KVM_IRQ_LINE the line is raised with the first bit and lowered when InterruptACK
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -109,7 +110,7 @@ class MmioTransport:
         vhost = set(self.device.vhost_queues)
         for index, fd in enumerate(self.notify_fds):
             if index not in vhost:
-                worker.watch(fd, lambda index=index: self.notify(index), drain_eventfd=True)
+                worker.watch(fd, functools.partial(self.notify, index), drain_eventfd=True)
         if self.interrupt.resample_fd is not None:
             worker.watch(self.interrupt.resample_fd, self.resample, drain_eventfd=True)
         for fd, callback in self.device.watched_fds():
@@ -131,6 +132,8 @@ class MmioTransport:
     # -- register file (vCPU threads) ---------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
         with self.lock:
+            if offset == v.MMIO_INTERRUPT_STATUS and size == 4:  # every interrupt: first, not 8th, in the chain
+                return self.isr
             if offset >= v.MMIO_CONFIG:
                 config = self.device.config_space()
                 start = offset - v.MMIO_CONFIG
@@ -180,6 +183,11 @@ class MmioTransport:
                 os.eventfd_write(self.notify_fds[value], 1)
             return
         with self.lock:
+            if offset == v.MMIO_INTERRUPT_ACK and size == 4:  # every interrupt
+                self.isr &= ~value
+                if self.isr == 0:
+                    self.interrupt.lower()
+                return
             if offset >= v.MMIO_CONFIG:
                 if self.status & v.STATUS_DRIVER:
                     self.device.write_config(offset - v.MMIO_CONFIG, value.to_bytes(size, "little"))
@@ -199,10 +207,6 @@ class MmioTransport:
                 self.driver_features = (self.driver_features & ~(0xFFFF_FFFF << shift)) | (value << shift)
         elif offset == v.MMIO_QUEUE_SEL:
             self.queue_sel = value
-        elif offset == v.MMIO_INTERRUPT_ACK:
-            self.isr &= ~value
-            if self.isr == 0:
-                self.interrupt.lower()
         elif offset == v.MMIO_STATUS:
             self._write_status(value)
         elif self.queue_sel < len(self.queues):
@@ -331,17 +335,11 @@ class _MmioQueue(Queue):
             if (self._generation != transport.generation or not transport.status & v.STATUS_DRIVER_OK
                     or transport.broken is not None):
                 return chains
-            queue = self._queue
             try:
-                while len(chains) < limit:
-                    chain = queue.pop()
-                    if chain is None:
-                        break
-                    chains.append(chain)
+                return self._queue.take(limit)
             except VirtqueueError as err:
                 transport._fail(f"queue {self.index}: {err}")
-                return []
-            return chains
+                return chains
 
     def complete_batch(self, done: list[tuple[Chain, int]]) -> None:
         if not done:
@@ -352,10 +350,7 @@ class _MmioQueue(Queue):
                 return  # taken before a reset (the ring they came from no longer exists) or the device is stopped
             queue = self._queue
             try:
-                pushed = False
-                for chain, written in done:
-                    pushed |= queue.push(chain, written)
-                wanted = pushed and queue.needs_interrupt()
+                wanted = queue.push_many(done) and queue.needs_interrupt()
             except VirtqueueError as err:
                 transport._fail(f"queue {self.index}: {err}")
                 return

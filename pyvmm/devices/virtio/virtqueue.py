@@ -15,9 +15,10 @@ by a load-acquire (STLR/LDAR or CASL/CASA on arm64), which ARMv8 orders like a f
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Iterable, Protocol
 
 from pyvmm.devices.virtio.constants import (
     AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
@@ -133,6 +134,8 @@ class Virtqueue:
         self.last_avail = 0
         self.used_idx = 0
         self.signalled_used = 0  # used index at the last interrupt (EVENT_IDX suppression)
+        self._descs = self._avail = self._used_head = self._used_ring = _EMPTY  # views of the rings when ready
+        self._avail_event: memoryview | None = None
 
     def disable(self) -> None:
         """QueueReady = 0 or a reset: chains taken from this ring so far must not come back into it (the driver
@@ -156,29 +159,25 @@ class Virtqueue:
                 self.memory.view(addr, length)
             except GuestMemoryError as err:
                 raise VirtqueueError(f"{name}: {err}") from None
+        # The rings cannot move while the queue is ready: checked once here, then read and written through
+        # views cast to the ring's little-endian fields (no range look-up per access on the request path).
+        memory = self.memory
+        self._descs = memory.view(self.desc, 16 * size)
+        self._avail = _le(memory.view(self.avail, 4 + 2 * size + extra), "H")  # flags, idx, ring[size], used_event
+        self._used_head = _le(memory.view(self.used, 4), "H")  # flags, idx
+        self._used_ring = _le(memory.view(self.used + 4, 8 * size), "I")  # (id, len) * size
+        self._avail_event = _le(memory.view(self.used + 4 + 8 * size, 2), "H") if self.event_idx else None
         # A freshly enabled queue starts from the indices the rings hold (zero after a driver reset).
-        self.last_avail = self._read(self.avail + 2, 2)
-        self.used_idx = self._read(self.used + 2, 2)
+        self.last_avail = self._avail[1]
+        self.used_idx = self._used_head[1]
         self.signalled_used = self.used_idx
-
-    def _read(self, gpa: int, size: int) -> int:
-        try:
-            return self.memory.read_int(gpa, size)
-        except GuestMemoryError as err:
-            raise VirtqueueError(str(err)) from None
-
-    def _write(self, gpa: int, size: int, value: int) -> None:
-        try:
-            self.memory.write_int(gpa, size, value)
-        except GuestMemoryError as err:
-            raise VirtqueueError(str(err)) from None
 
     # -- the available ring -------------------------------------------------------------------------------------
     def pending(self) -> int:
         """How many chains the driver has made available that the device has not taken yet."""
         if self.event_idx:
             self._fence()  # our avail_event store before this load: else a notification could be missed
-        avail_idx = self._read(self.avail + 2, 2)
+        avail_idx = self._avail[1]
         count = (avail_idx - self.last_avail) & 0xFFFF
         if count > self.size:
             raise VirtqueueError(f"available index {avail_idx} is {count} ahead of the device: over the queue size "
@@ -187,16 +186,30 @@ class Virtqueue:
 
     def pop(self) -> Chain | None:
         """The next available chain, validated; None when the ring is empty."""
-        if not self.ready or self.pending() == 0:
-            return None
-        self._fence()  # the ring entry must be read after the index that published it
-        head = self._read(self.avail + 4 + 2 * (self.last_avail % self.size), 2)
-        chain = self._walk(head)
-        self.last_avail = (self.last_avail + 1) & 0xFFFF
-        if self.event_idx:
-            # avail_event: ask to be notified when the driver adds past what was taken
-            self._write(self.used + 4 + 8 * self.size, 2, self.last_avail)
-        return chain
+        chains = self.take(1)
+        return chains[0] if chains else None
+
+    def take(self, limit: int) -> list[Chain]:
+        """Up to `limit` available chains, validated. One index read per batch, then (EVENT_IDX) avail_event and
+        a second read of the index, so a chain the driver adds meanwhile without a kick is seen."""
+        chains: list[Chain] = []
+        if not self.ready:
+            return chains
+        ring, size, walk = self._avail, self.size, self._walk
+        while len(chains) < limit:
+            count = self.pending()
+            if count == 0:
+                break
+            self._fence()  # the ring entries must be read after the index that published them
+            last = self.last_avail
+            for _ in range(min(count, limit - len(chains))):
+                chains.append(walk(ring[2 + last % size]))
+                last = (last + 1) & 0xFFFF
+                self.last_avail = last
+            if self._avail_event is not None:
+                # avail_event: ask to be notified when the driver adds past what was taken
+                self._avail_event[0] = last
+        return chains
 
     def _table(self, addr: int, entries: int, what: str) -> memoryview:
         try:
@@ -213,7 +226,7 @@ class Virtqueue:
         contains = self.memory.contains
         unpack = DESC.unpack_from
         table_size, index = self.size, head
-        table = self._table(self.desc, table_size, "descriptor table")
+        table = self._descs
         seen = 0
         # The spec bounds a chain, indirect tables included, by the queue size (2.7.5.3.1); holding to it bounds
         # what one notification costs the device (a 32768-entry indirect table per head would be 8 M descriptors).
@@ -261,17 +274,26 @@ class Virtqueue:
     def push(self, chain: Chain, written: int) -> bool:
         """Return a chain to the driver with the number of bytes the device wrote into it; False (and nothing
         written) when it was taken from a ring that has been disabled since."""
-        if chain.epoch != self.epoch or not self.ready:
+        return self.push_many(((chain, written),))
+
+    def push_many(self, done: Iterable[tuple[Chain, int]]) -> bool:
+        """Return chains (their used elements, then one fence and one used-index store); True if any was
+        returned: those taken from a ring disabled since are dropped."""
+        if not self.ready:
             return False
-        head = chain.head
-        slot = self.used_idx % self.size
-        try:
-            USED_ELEM.pack_into(self.memory.view(self.used + 4 + 8 * slot, 8), 0, head, written)
-        except GuestMemoryError as err:
-            raise VirtqueueError(str(err)) from None
-        self._fence()  # the element before the index
-        self.used_idx = (self.used_idx + 1) & 0xFFFF
-        self._write(self.used + 2, 2, self.used_idx)
+        ring, size, epoch, idx = self._used_ring, self.size, self.epoch, self.used_idx
+        for chain, written in done:
+            if chain.epoch != epoch:
+                continue
+            slot = 2 * (idx % size)
+            ring[slot] = chain.head
+            ring[slot + 1] = written & 0xFFFF_FFFF
+            idx = (idx + 1) & 0xFFFF
+        if idx == self.used_idx:
+            return False
+        self._fence()  # the elements before the index
+        self.used_idx = idx
+        self._used_head[1] = idx
         return True
 
     def needs_interrupt(self) -> bool:
@@ -282,6 +304,18 @@ class Virtqueue:
             return False
         self.signalled_used = new
         if self.event_idx:
-            used_event = self._read(self.avail + 4 + 2 * self.size, 2)
+            used_event = self._avail[2 + self.size]
             return ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-        return not self._read(self.avail, 2) & AVAIL_F_NO_INTERRUPT
+        return not self._avail[0] & AVAIL_F_NO_INTERRUPT
+
+
+_EMPTY = memoryview(b"")
+
+
+def _le(view: memoryview, fmt: str) -> memoryview:
+    """`view` as an array of native integers: the rings' little-endian fields on a little-endian host."""
+    return view.cast(fmt)
+
+
+if sys.byteorder != "little":  # virtio 1.x rings are little-endian; pyvmm's hosts (x86_64, arm64) are too
+    raise ImportError("pyvmm's virtqueues assume a little-endian host")
