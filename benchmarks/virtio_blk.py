@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import machine_info, write_json
+
 TARGET_THROUGHPUT = 0.9
 TARGET_IOPS = 0.8
 GUEST = """
@@ -71,6 +73,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--lkvm", help="kvmtool binary for the side-by-side run (skipped when absent)")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--json", help="write the summary (medians, ratios, targets, verdicts, machine) to this file")
     args = parser.parse_args()
     if not args.kernel or not args.initrd:
         parser.error("give --kernel and --initrd (or set PYVMM_TEST_L2_KERNEL / PYVMM_TEST_L2_INITRD)")
@@ -102,12 +105,18 @@ def main() -> int:
         columns = [sorted(column) for column in zip(*values)]
         medians[name] = [column[len(column) // 2] for column in columns]
         print(f"  {name:8s} " + "   ".join(f"{what} {m:8.1f}" for what, m in zip(FIGURES, medians[name])))
-    if "kvmtool" in medians:
-        for i, what in enumerate(FIGURES):
+    rows = []
+    for i, what in enumerate(FIGURES):
+        row: dict[str, object] = {"what": f"virtio-blk {what}", "pyvmm": round(medians["pyvmm"][i], 1)}
+        if "kvmtool" in medians:
             target = TARGET_THROUGHPUT if "MB/s" in what else TARGET_IOPS
             ratio = medians["pyvmm"][i] / medians["kvmtool"][i]
             print(f"  ratio pyvmm/kvmtool {what}: {ratio:.2f} (target >= {target})")
+            row |= {"reference": round(medians["kvmtool"][i], 1), "ratio": round(ratio, 2), "target": f">= {target}",
+                    "verdict": "MET" if ratio >= target else "NOT MET"}
+        rows.append(row)
     print("  INDICATIVE ONLY when run under emulation (the arm64 lane): not a performance figure.")
+    write_json(args.json, {"rows": rows, "runs": results, "mib": args.mib, "ops": args.ops, **machine_info()})
     return 0
 
 

@@ -64,7 +64,8 @@ class Queue(ABC):
 
     @abstractmethod
     def drain(self, limit: int) -> list[Chain]:
-        """Up to `limit` available chains (empty when there are none)."""
+        """Up to `limit` available chains (empty when there are none); fewer than `limit` means the ring was found
+        empty after them, so the driver will notify again for any chain it adds later."""
 
     @abstractmethod
     def complete_batch(self, done: list[tuple[Chain, int]]) -> None:
@@ -141,11 +142,14 @@ class VirtioDevice(ABC):
         # other fds, nor from stopping.
         budget = self.queue_sizes[index]
         while budget > 0:
-            chains = queue.drain(min(self.batch, budget))
+            wanted = min(self.batch, budget)
+            chains = queue.drain(wanted)
             if not chains:
                 return
             budget -= len(chains)
             queue.complete_batch(list(zip(chains, self.serve_batch(index, chains))))
+            if len(chains) < wanted:
+                return  # the ring was empty after the last chain was taken: the driver kicks for the next one
         queue.notify_later()
 
     def serve_batch(self, index: int, chains: list[Chain]) -> list[int]:

@@ -4,7 +4,10 @@ Everything in a ring is guest-controlled, so every step is checked: ring address
 ready, the available index against the queue size, each head and `next` index against the queue size, every
 buffer's [addr, addr + len) through `GuestMemory` (which raises GuestMemoryError outside RAM), chains bounded by
 the queue's maximum size, indirect tables included (so one chain costs at most that many descriptors), nested
-indirect tables and readable-after-writable buffers refused. Any violation raises `VirtqueueError`, the one error a device sees; the transport answers it with
+indirect tables and readable-after-writable buffers refused. The three ring areas are checked once when the queue
+is made ready and then accessed through views of guest RAM cast to their 16/32-bit fields (they cannot move while
+the queue is ready); chains are taken and returned in batches (one index load per batch, one used-index store).
+Any violation raises `VirtqueueError`, the one error a device sees; the transport answers it with
 DEVICE_NEEDS_RESET for that device only.
 
 Memory ordering: the guest reads the used ring on another CPU, so the used element must be visible before the used
@@ -173,42 +176,39 @@ class Virtqueue:
         self.signalled_used = self.used_idx
 
     # -- the available ring -------------------------------------------------------------------------------------
-    def pending(self) -> int:
-        """How many chains the driver has made available that the device has not taken yet."""
-        if self.event_idx:
-            self._fence()  # our avail_event store before this load: else a notification could be missed
-        avail_idx = self._avail[1]
-        count = (avail_idx - self.last_avail) & 0xFFFF
-        if count > self.size:
-            raise VirtqueueError(f"available index {avail_idx} is {count} ahead of the device: over the queue size "
-                                 f"{self.size}")
-        return count
-
     def pop(self) -> Chain | None:
         """The next available chain, validated; None when the ring is empty."""
         chains = self.take(1)
         return chains[0] if chains else None
 
     def take(self, limit: int) -> list[Chain]:
-        """Up to `limit` available chains, validated. One index read per batch, then (EVENT_IDX) avail_event and
-        a second read of the index, so a chain the driver adds meanwhile without a kick is seen."""
+        """Up to `limit` available chains, validated. Fewer than `limit` means the ring was empty at the last look:
+        with EVENT_IDX that look came after the avail_event store, so the driver kicks for anything it adds later
+        (without EVENT_IDX it always kicks: this device never sets NO_NOTIFY)."""
         chains: list[Chain] = []
         if not self.ready:
             return chains
-        ring, size, walk = self._avail, self.size, self._walk
+        ring, size, walk, fence = self._avail, self.size, self._walk, self._fence
+        stored = self._avail_event is not None  # a store of an earlier take may not have been re-checked yet
         while len(chains) < limit:
-            count = self.pending()
+            if stored:
+                fence()  # our avail_event store before this load: else a chain added meanwhile could go unkicked
+            avail_idx = ring[1]
+            count = (avail_idx - self.last_avail) & 0xFFFF
+            if count > size:
+                raise VirtqueueError(f"available index {avail_idx} is {count} ahead of the device: over the queue "
+                                     f"size {size}")
             if count == 0:
                 break
-            self._fence()  # the ring entries must be read after the index that published them
+            fence()  # the ring entries must be read after the index that published them
             last = self.last_avail
             for _ in range(min(count, limit - len(chains))):
                 chains.append(walk(ring[2 + last % size]))
                 last = (last + 1) & 0xFFFF
                 self.last_avail = last
             if self._avail_event is not None:
-                # avail_event: ask to be notified when the driver adds past what was taken
-                self._avail_event[0] = last
+                self._avail_event[0] = last  # avail_event: notify me when you add past what I took
+                stored = True
         return chains
 
     def _table(self, addr: int, entries: int, what: str) -> memoryview:
