@@ -63,8 +63,9 @@ def initramfs(output, adds, dirs, symlinks, nodes, busybox, arch, compress, list
         if busybox is not None:
             archive.add_file("bin/busybox", cmd.check_busybox(busybox, arch), 0o755)
             archive.add_symlink("bin/sh", "busybox")
+        budget = cmd.AddBudget(cmd.CommandSpec.size_limit)
         for spec_text in adds:
-            cmd.add_host_path(archive, *cmd.parse_add(spec_text))
+            cmd.add_host_path(archive, *cmd.parse_add(spec_text), budget)
     for directory in dirs:
         archive.add_dir(directory)
     for spec_text in symlinks:

@@ -49,6 +49,7 @@ class CommandSpec:
     busybox: Path
     adds: list[tuple[Path, str]] = field(default_factory=list)
     exit_mmio: int | None = None  # the test device's EXIT register, when memory-mapped on this architecture
+    size_limit: int = 1 << 31  # bytes the --add files may total: the guest's RAM when built for a VM
 
 
 def parse_add(spec: str) -> tuple[Path, str]:
@@ -107,7 +108,22 @@ def find_busybox(arch: str) -> Path:
                            f"install busybox-static or give --busybox PATH")
 
 
-def add_host_path(archive: Archive, host: Path, guest: str) -> None:
+class AddBudget:
+    """What the --add files may still total: a tree or a file bigger than the guest could hold is refused before it
+    is read, not after filling the host's memory with it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, host: Path, size: int) -> None:
+        if self.used + size > self.limit:
+            raise UsageError(f"--add {host}: the added files would exceed {self.limit >> 20} MiB, more than the guest "
+                             f"can hold: add less, or give the VM more memory (-m)")
+        self.used += size
+
+
+def add_host_path(archive: Archive, host: Path, guest: str, budget: AddBudget) -> None:
     """A host file, symlink or whole directory tree at `guest`, keeping permission bits (owner becomes root)."""
     try:
         info = host.lstat()
@@ -118,12 +134,17 @@ def add_host_path(archive: Archive, host: Path, guest: str) -> None:
     elif stat.S_ISDIR(info.st_mode):
         archive.add_dir(guest, info.st_mode & 0o7777)
         for child in sorted(host.iterdir()):
-            add_host_path(archive, child, f"{guest.rstrip('/')}/{child.name}")
+            add_host_path(archive, child, f"{guest.rstrip('/')}/{child.name}", budget)
     elif stat.S_ISREG(info.st_mode):
+        budget.take(host, info.st_size)
         try:
-            archive.add_file(guest, host.read_bytes(), info.st_mode & 0o7777)
+            with host.open("rb") as f:
+                data = f.read(info.st_size + 1)  # never more than was budgeted, even if the file grows meanwhile
         except OSError as err:
             raise MissingFileError(f"--add {host}: {err.strerror}") from None
+        if len(data) > info.st_size:
+            raise UsageError(f"--add {host}: the file changed while it was being read")
+        archive.add_file(guest, data, info.st_mode & 0o7777)
     else:
         raise UsageError(f"--add {host}: only files, directories and symlinks can be added")
 
@@ -152,8 +173,9 @@ def build(spec: CommandSpec, arch: str) -> Archive:
     archive = base_archive(check_busybox(spec.busybox, arch))
     archive.add_file(COMMAND_PATH, (shlex.join(spec.command) + "\n").encode(), 0o755)
     archive.add_file("init", init_script(spec.exit_mmio).encode(), 0o755)
+    budget = AddBudget(spec.size_limit)
     for host, guest in spec.adds:
-        add_host_path(archive, host, guest)
+        add_host_path(archive, host, guest, budget)
     return archive
 
 

@@ -24,7 +24,8 @@ class CommandInitramfs:
 
         testing = spec.testing
         request = cmd.CommandSpec(command=list(testing.command), busybox=testing.busybox or cmd.find_busybox(spec.arch),
-                                  adds=[cmd.parse_add(a) for a in testing.adds], exit_mmio=cmd.exit_mmio_for(spec.arch))
+                                  adds=[cmd.parse_add(a) for a in testing.adds], exit_mmio=cmd.exit_mmio_for(spec.arch),
+                                  size_limit=spec.memory)
         data = cmd.build(request, spec.arch).to_gzip(level=1)  # speed over size: it is read once from the page cache
         fd, name = tempfile.mkstemp(prefix="pyvmm-initramfs-", suffix=".cpio.gz")
         with os.fdopen(fd, "wb") as handle:

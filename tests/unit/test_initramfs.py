@@ -123,12 +123,22 @@ def test_host_trees_keep_modes_and_symlinks(tmp_path):
     (tmp_path / "d" / "x.sh").chmod(0o750)
     (tmp_path / "d" / "link").symlink_to("x.sh")
     archive = Archive()
-    cmd.add_host_path(archive, tmp_path / "d", "/opt/d")
+    cmd.add_host_path(archive, tmp_path / "d", "/opt/d", cmd.AddBudget(1 << 20))
     entries = {e.name: e for e in parse(archive.to_bytes())}
     assert entries["opt/d/x.sh"].mode == stat.S_IFREG | 0o750 and entries["opt/d/x.sh"].data == b"echo x\n"
     assert entries["opt/d/link"].data == b"x.sh"
     with pytest.raises(MissingFileError):
-        cmd.add_host_path(archive, tmp_path / "missing", "/m")
+        cmd.add_host_path(archive, tmp_path / "missing", "/m", cmd.AddBudget(1 << 20))
+
+
+def test_added_files_beyond_what_the_guest_can_hold_are_refused_before_they_are_read(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_bytes(b"a" * (600 << 10))
+    (tmp_path / "d" / "b").write_bytes(b"b" * (600 << 10))
+    budget = cmd.AddBudget(1 << 20)
+    with pytest.raises(UsageError, match=r"--add .*/d/b: the added files would exceed 1 MiB.*\(-m\)"):
+        cmd.add_host_path(Archive(), tmp_path / "d", "/d", budget)
+    assert budget.used == 600 << 10  # the second file was refused from its size, unread
 
 
 def test_elf_checks_on_busybox(tmp_path):
