@@ -43,6 +43,8 @@ class BusRange:
 
 
 WriteTarget = tuple[Callable[[int, int, int], None], int]  # (the device's bound write, offset in the device)
+ReadTarget = tuple[Callable[[int, int], int], int]  # (the device's bound read, offset in the device)
+CACHED_READ_SIZES = (1, 2, 4, 8)  # the sizes the vCPU loop stores with one struct call
 
 
 class Bus:
@@ -55,6 +57,7 @@ class Bus:
         # |). The vCPU loop probes this dict itself (a method call per exit costs more than the probe): it must only
         # ever be cleared in place, never replaced.
         self.write_cache: dict[int, WriteTarget] = {}
+        self.read_cache: dict[int, ReadTarget] = {}  # the same for claimed reads of CACHED_READ_SIZES
 
     def register(self, base: int, size: int, device: Device) -> BusRange:
         if size <= 0:
@@ -82,6 +85,7 @@ class Bus:
     def _invalidate(self) -> None:
         self._found.clear()
         self.write_cache.clear()
+        self.read_cache.clear()
 
     @property
     def ranges(self) -> list[BusRange]:
@@ -101,10 +105,13 @@ class Bus:
         return found
 
     def read(self, addr: int, size: int) -> int | None:
-        """Dispatch a read; None when no device claims the whole access (the guest then reads all-ones)."""
+        """Dispatch a read and remember its target in `read_cache`; None when no device claims the whole access (the
+        guest then reads all-ones)."""
         hit = self.find(addr)
         if hit is None or addr + size > hit.end:
             return None
+        if size in CACHED_READ_SIZES and len(self.read_cache) < WRITE_CACHE_LIMIT:
+            self.read_cache[addr * 16 + size] = (hit.device.read, addr - hit.base)
         return hit.device.read(addr - hit.base, size)
 
     def write(self, addr: int, size: int, value: int) -> bool:

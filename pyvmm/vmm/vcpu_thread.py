@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from pyvmm_bindings import constants as c
 
 from pyvmm.errors import ExitStatus
-from pyvmm.kvm.vcpu import UNPACK_VALUE, VALUE_MASK
+from pyvmm.kvm.vcpu import MMIO_DATA_OFFSET, PACK_VALUE, UNPACK_VALUE, VALUE_MASK
 from pyvmm.outcome import StopLatch, VmOutcome
 
 if TYPE_CHECKING:
@@ -123,7 +123,10 @@ class VcpuThread(threading.Thread):
         complete_read = page.complete_mmio_read
         mmio_read = self.mmio_bus.read
         mmio_write = self.mmio_bus.write
-        mmio_writes = self.mmio_bus.write_cache  # the bus clears it in place on every register/unregister
+        mmio_writes = self.mmio_bus.write_cache  # the bus clears both in place on every register/unregister
+        mmio_reads = self.mmio_bus.read_cache
+        pack_value = PACK_VALUE
+        DATA = MMIO_DATA_OFFSET
         port_bus = self.arch_exits.port_bus
         # One unpack per exit reads the reason with the record of the arch's usual exit (port I/O on x86, where MMIO
         # then costs a second unpack; MMIO elsewhere).
@@ -156,12 +159,15 @@ class VcpuThread(threading.Thread):
             reason = record[0]
             if reason == EXIT_MMIO:
                 _, addr, data, length, is_write = record if record_is_mmio else mmio_exit()
-                if not is_write:
-                    complete_read(length, mmio_read(addr, length))
-                elif (target := mmio_writes.get(addr * 16 + length)) is not None:
-                    target[0](target[1], length, data & mask[length])
+                if is_write:
+                    if (target := mmio_writes.get(addr * 16 + length)) is not None:
+                        target[0](target[1], length, data & mask[length])
+                    else:
+                        mmio_write(addr, length, data & mask[length])
+                elif (target := mmio_reads.get(addr * 16 + length)) is not None:  # only 1/2/4/8-byte reads
+                    pack_value[length](buffer, DATA, target[0](target[1], length) & mask[length])
                 else:
-                    mmio_write(addr, length, data & mask[length])
+                    complete_read(length, mmio_read(addr, length))
             elif reason == EXIT_IO:
                 _, direction, size, port, count, at = record
                 if direction == IO_OUT and count == 1:

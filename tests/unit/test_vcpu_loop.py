@@ -156,6 +156,20 @@ def test_mmio_reads_answer_with_the_device_value_or_all_ones_when_unclaimed():
     assert not outcome.error
 
 
+def test_repeated_mmio_reads_come_through_the_bus_read_cache():
+    bus, device = Bus("MMIO"), Recorder(value=0xAABB_CCDD_1122_3344)
+    bus.register(0x1000, 0x100, device)
+    outcome, _, _ = run_loop([
+        mmio(0x1008, 4),
+        check(lambda v: assert_equal(mmio_data(v, 4), b"\x44\x33\x22\x11"), mmio(0x1008, 4)),  # cached
+        check(lambda v: assert_equal(mmio_data(v, 4), b"\x44\x33\x22\x11"), mmio(0x1008, 1)),  # masked
+        check(lambda v: assert_equal(mmio_data(v, 1), b"\x44"), mmio(0x1010, 3)),  # 3 bytes: never cached
+        check(lambda v: assert_equal(mmio_data(v, 3), b"\x44\x33\x22"), POWER_OFF),
+    ], mmio_bus=bus)
+    assert device.reads == [(8, 4), (8, 4), (8, 1), (0x10, 3)] and not outcome.error
+    assert set(bus.read_cache) == {0x1008 * 16 + 4, 0x1008 * 16 + 1}
+
+
 def assert_equal(got, expected) -> None:
     assert got == expected
 
@@ -319,9 +333,9 @@ def test_the_bus_cache_is_cleared_on_register_and_unregister():
     bus, first, second = Bus("MMIO"), Recorder("first"), Recorder("second")
     bus.register(0x1000, 0x10, first)
     assert bus.write(0x1004, 4, 1) and bus.write_cache
-    assert bus.read(0x2000, 4) is None
+    assert bus.read(0x2000, 4) is None and bus.read(0x1008, 4) == first.value and bus.read_cache
     bus.register(0x2000, 0x10, second)  # an address that missed before is claimed now
-    assert not bus.write_cache and bus.read(0x2000, 4) == second.value
+    assert not bus.write_cache and not bus.read_cache and bus.read(0x2000, 4) == second.value
     bus.write(0x1004, 4, 2)
     bus.unregister(first)
     assert not bus.write_cache and not bus.write(0x1004, 4, 3) and bus.read(0x1004, 4) is None
