@@ -3,6 +3,7 @@ answers; hostile chains never touch the image or guest memory outside the reques
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 
@@ -12,11 +13,9 @@ from pyvmm.devices.virtio import blk as b
 from pyvmm.devices.virtio import constants as v
 from pyvmm.devices.virtio.config import DiskConfig
 from pyvmm.kvm.memory import GuestMemory, MemoryRegion, allocate
-from tests.unit.test_virtio_queue import DATA, RAM_BASE, RAM_SIZE, USED, make
+from tests.unit.test_virtio_devices import BUF, HDR, STATUS, submit
+from tests.unit.test_virtio_queue import RAM_BASE, RAM_SIZE, USED, make
 
-HDR = DATA
-BUF = DATA + 0x1000
-STATUS = DATA + 0x100
 SECTOR_1 = bytes(range(256)) * 2  # what sector 1 of the image holds
 
 
@@ -31,21 +30,25 @@ def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@contextlib.contextmanager
 def started(image, memory=None, **config):
+    """A blk device on `image` behind a started transport and driver; closed at the end, whatever happened."""
     device = b.Block(DiskConfig(image, **config))
     t, d, mem, irq, _ = make(device, memory=memory)
-    assert d.start()
-    return device, t, d, mem, irq
+    try:
+        assert d.start()
+        yield device, t, d, mem, irq
+    finally:
+        device.close()
+        t.close()
 
 
-def request(d, mem, readable, writable):
-    """Queue one chain, kick, return (status byte at STATUS, bytes the device reported)."""
-    mem.write_int(STATUS, 1, 0xEE)
-    head = d.add(0, readable, writable)
-    d.t.device.notify(0)
-    used = d.used(0)[-1]
-    assert used[0] == head
-    return mem.read_int(STATUS, 1), used[1]
+@contextlib.contextmanager
+def untouched(image):
+    """The block asserts nothing reached the image (checked once the device inside it is closed)."""
+    before = digest(image)
+    yield
+    assert digest(image) == before
 
 
 def header(mem, kind, sector, at=HDR):
@@ -54,154 +57,124 @@ def header(mem, kind, sector, at=HDR):
 
 @pytest.mark.parametrize("layout", ["linux", "split-header", "status-in-data", "zero-length-tail"])
 def test_every_legal_split_of_a_read_gives_the_same_answer(image, layout):
-    device, t, d, mem, _ = started(image)
-    header(mem, b.T_IN, 1)
-    if layout == "linux":
-        status, written = request(d, mem, [(HDR, 16)], [(BUF, 512), (STATUS, 1)])
-        status_at = STATUS
-    elif layout == "split-header":
-        status, written = request(d, mem, [(HDR, 8), (HDR + 8, 8)], [(BUF, 256), (BUF + 256, 256), (STATUS, 1)])
-        status_at = STATUS
-    elif layout == "status-in-data":  # one writable buffer: 512 data bytes then the status byte
-        status, written = request(d, mem, [(HDR, 16)], [(BUF, 513)])
-        status_at = BUF + 512
-    else:
-        status, written = request(d, mem, [(HDR, 16)], [(BUF, 512), (STATUS, 1), (STATUS + 1, 0)])
-        status_at = STATUS
-    assert mem.read_int(status_at, 1) == b.S_OK and written == 513
-    assert mem.read(BUF, 512) == SECTOR_1
-    device.close()
-    t.close()
+    with started(image) as (device, t, d, mem, _):
+        header(mem, b.T_IN, 1)
+        if layout == "linux":
+            status, written = submit(d, mem, [(HDR, 16)], [(BUF, 512), (STATUS, 1)])
+            status_at = STATUS
+        elif layout == "split-header":
+            status, written = submit(d, mem, [(HDR, 8), (HDR + 8, 8)], [(BUF, 256), (BUF + 256, 256), (STATUS, 1)])
+            status_at = STATUS
+        elif layout == "status-in-data":  # one writable buffer: 512 data bytes then the status byte
+            status, written = submit(d, mem, [(HDR, 16)], [(BUF, 513)])
+            status_at = BUF + 512
+        else:
+            status, written = submit(d, mem, [(HDR, 16)], [(BUF, 512), (STATUS, 1), (STATUS + 1, 0)])
+            status_at = STATUS
+        assert mem.read_int(status_at, 1) == b.S_OK and written == 513
+        assert mem.read(BUF, 512) == SECTOR_1
 
 
 def test_a_write_split_any_way_lands_where_the_header_says(image):
-    device, t, d, mem, _ = started(image)
-    mem.write(BUF, b"\xab" * 1024)
-    header(mem, b.T_OUT, 2)
-    assert request(d, mem, [(HDR, 16), (BUF, 1024)], [(STATUS, 1)]) == (b.S_OK, 1)
-    joined = BUF + 0x2000  # header and data in one readable buffer
-    header(mem, b.T_OUT, 4, at=joined)
-    mem.write(joined + 16, b"\xcd" * 512)
-    assert request(d, mem, [(joined, 16 + 512)], [(STATUS, 1)]) == (b.S_OK, 1)
-    data = image.read_bytes()
-    assert data[1024:2048] == b"\xab" * 1024 and data[2048:2560] == b"\xcd" * 512
-    assert data[:1024] == (bytes(range(256)) * 4) and data[2560:] == (bytes(range(256)) * 64)[2560:]
-    device.close()
-    t.close()
+    with started(image) as (device, t, d, mem, _):
+        mem.write(BUF, b"\xab" * 1024)
+        header(mem, b.T_OUT, 2)
+        assert submit(d, mem, [(HDR, 16), (BUF, 1024)], [(STATUS, 1)]) == (b.S_OK, 1)
+        joined = BUF + 0x2000  # header and data in one readable buffer
+        header(mem, b.T_OUT, 4, at=joined)
+        mem.write(joined + 16, b"\xcd" * 512)
+        assert submit(d, mem, [(joined, 16 + 512)], [(STATUS, 1)]) == (b.S_OK, 1)
+        data = image.read_bytes()
+        assert data[1024:2048] == b"\xab" * 1024 and data[2048:2560] == b"\xcd" * 512
+        assert data[:1024] == (bytes(range(256)) * 4) and data[2560:] == (bytes(range(256)) * 64)[2560:]
 
 
 @pytest.mark.parametrize("kind", [b.T_IN, b.T_OUT])
 @pytest.mark.parametrize("length", [1, 511, 513, 4097])
 def test_a_length_that_is_not_whole_sectors_is_an_io_error_and_changes_nothing(image, kind, length):
-    before = digest(image)
-    device, t, d, mem, _ = started(image)
-    mem.write(BUF, b"\x77" * length)
-    header(mem, kind, 0)
-    data = ([(BUF, length)], []) if kind == b.T_OUT else ([], [(BUF, length)])
-    assert request(d, mem, [(HDR, 16)] + data[0], data[1] + [(STATUS, 1)])[0] == b.S_IOERR
-    assert mem.read(BUF, length) == b"\x77" * length  # a refused read writes no data
-    device.close()
-    t.close()
-    assert digest(image) == before
+    with untouched(image), started(image) as (device, t, d, mem, _):
+        mem.write(BUF, b"\x77" * length)
+        header(mem, kind, 0)
+        data = ([(BUF, length)], []) if kind == b.T_OUT else ([], [(BUF, length)])
+        assert submit(d, mem, [(HDR, 16)] + data[0], data[1] + [(STATUS, 1)])[0] == b.S_IOERR
+        assert mem.read(BUF, length) == b"\x77" * length  # a refused read writes no data
 
 
 @pytest.mark.parametrize("kind", [b.T_IN, b.T_OUT])
 @pytest.mark.parametrize("sector", [31, 32, 2**54, 2**64 - 1])
 def test_requests_reaching_past_the_end_change_nothing(image, kind, sector):
-    before = digest(image)
-    device, t, d, mem, _ = started(image)
-    header(mem, kind, sector)
-    data = ([(BUF, 1024)], []) if kind == b.T_OUT else ([], [(BUF, 1024)])
-    assert request(d, mem, [(HDR, 16)] + data[0], data[1] + [(STATUS, 1)])[0] == b.S_IOERR
-    device.close()
-    t.close()
-    assert digest(image) == before
+    with untouched(image), started(image) as (device, t, d, mem, _):
+        header(mem, kind, sector)
+        data = ([(BUF, 1024)], []) if kind == b.T_OUT else ([], [(BUF, 1024)])
+        assert submit(d, mem, [(HDR, 16)] + data[0], data[1] + [(STATUS, 1)])[0] == b.S_IOERR
 
 
 def test_buffers_in_the_wrong_direction_are_neither_read_into_nor_written_from(image):
-    before = digest(image)
-    device, t, d, mem, _ = started(image)
-    mem.write(BUF, b"\x55" * 512)
-    header(mem, b.T_IN, 1)  # a read whose data buffer is device-readable: nothing may be written into it
-    assert request(d, mem, [(HDR, 16), (BUF, 512)], [(STATUS, 1)]) == (b.S_OK, 1)
-    assert mem.read(BUF, 512) == b"\x55" * 512
-    header(mem, b.T_OUT, 1)  # a write whose data buffer is device-writable: nothing reaches the image
-    assert request(d, mem, [(HDR, 16)], [(BUF, 512), (STATUS, 1)]) == (b.S_OK, 1)
-    assert mem.read(BUF, 512) == b"\x55" * 512
-    device.close()
-    t.close()
-    assert digest(image) == before
+    with untouched(image), started(image) as (device, t, d, mem, _):
+        mem.write(BUF, b"\x55" * 512)
+        header(mem, b.T_IN, 1)  # a read whose data buffer is device-readable: nothing may be written into it
+        assert submit(d, mem, [(HDR, 16), (BUF, 512)], [(STATUS, 1)]) == (b.S_OK, 1)
+        assert mem.read(BUF, 512) == b"\x55" * 512
+        header(mem, b.T_OUT, 1)  # a write whose data buffer is device-writable: nothing reaches the image
+        assert submit(d, mem, [(HDR, 16)], [(BUF, 512), (STATUS, 1)]) == (b.S_OK, 1)
+        assert mem.read(BUF, 512) == b"\x55" * 512
 
 
 def test_a_data_buffer_outside_ram_stops_the_device_before_any_io(image):
-    before = digest(image)
-    device, t, d, mem, _ = started(image)
-    header(mem, b.T_OUT, 0)
-    d.add(0, [(HDR, 16), (BUF, 512), (RAM_BASE + RAM_SIZE - 256, 512)], [(STATUS, 1)])  # the last one crosses
-    mem.write_int(STATUS, 1, 0xEE)
-    t.notify(0)
-    assert t.read(v.MMIO_STATUS, 4) & v.STATUS_DEVICE_NEEDS_RESET
-    assert mem.read_int(STATUS, 1) == 0xEE and d.used(0) == []
-    device.close()
-    t.close()
-    assert digest(image) == before
+    with untouched(image), started(image) as (device, t, d, mem, _):
+        header(mem, b.T_OUT, 0)
+        d.add(0, [(HDR, 16), (BUF, 512), (RAM_BASE + RAM_SIZE - 256, 512)], [(STATUS, 1)])  # the last one crosses
+        mem.write_int(STATUS, 1, 0xEE)
+        t.notify(0)
+        assert t.read(v.MMIO_STATUS, 4) & v.STATUS_DEVICE_NEEDS_RESET
+        assert mem.read_int(STATUS, 1) == 0xEE and d.used(0) == []
 
 
 def test_a_write_to_a_read_only_disk_is_an_io_error(image):
-    before = digest(image)
-    device, t, d, mem, _ = started(image, read_only=True)
-    header(mem, b.T_OUT, 0)
-    assert request(d, mem, [(HDR, 16), (BUF, 512)], [(STATUS, 1)])[0] == b.S_IOERR
-    device.close()
-    t.close()
-    assert digest(image) == before
+    with untouched(image), started(image, read_only=True) as (device, t, d, mem, _):
+        header(mem, b.T_OUT, 0)
+        assert submit(d, mem, [(HDR, 16), (BUF, 512)], [(STATUS, 1)])[0] == b.S_IOERR
 
 
 @pytest.mark.parametrize("count", [2, b.POOL_MIN_BATCH + 2])
 def test_a_batch_completes_every_request_with_one_interrupt(image, count):
     """Fewer than POOL_MIN_BATCH requests are served on the worker thread, more by the pool: same results."""
-    device, t, d, mem, irq = started(image)
-    heads = []
-    for i in range(count):
-        hdr, buf, status = HDR + 32 * i, BUF + 512 * i, STATUS + 0x40 + i
-        header(mem, b.T_IN, i, at=hdr)
-        mem.write_int(status, 1, 0xEE)
-        heads.append(d.add(0, [(hdr, 16)], [(buf, 512), (status, 1)]))
-    triggers = irq.triggers
-    device.notify(0)
-    assert [head for head, _ in d.used(0)] == heads and all(n == 513 for _, n in d.used(0))
-    assert irq.triggers == triggers + 1
-    for i in range(count):
-        assert mem.read_int(STATUS + 0x40 + i, 1) == b.S_OK
-        assert mem.read(BUF + 512 * i, 512) == (bytes(range(256)) * 2)
-    device.close()
-    t.close()
+    with started(image) as (device, t, d, mem, irq):
+        heads = []
+        for i in range(count):
+            hdr, buf, status = HDR + 32 * i, BUF + 512 * i, STATUS + 0x40 + i
+            header(mem, b.T_IN, i, at=hdr)
+            mem.write_int(status, 1, 0xEE)
+            heads.append(d.add(0, [(hdr, 16)], [(buf, 512), (status, 1)]))
+        triggers = irq.triggers
+        device.notify(0)
+        assert [head for head, _ in d.used(0)] == heads and all(n == 513 for _, n in d.used(0))
+        assert irq.triggers == triggers + 1
+        for i in range(count):
+            assert mem.read_int(STATUS + 0x40 + i, 1) == b.S_OK
+            assert mem.read(BUF + 512 * i, 512) == (bytes(range(256)) * 2)
 
 
 def test_with_event_idx_the_device_asks_for_the_next_kick_after_what_it_took(image):
-    device, t, d, mem, _ = started(image)
-    assert d.device_features() >> v.F_RING_EVENT_IDX & 1
-    header(mem, b.T_IN, 0)
-    for _ in range(3):
-        request(d, mem, [(HDR, 16)], [(BUF, 512), (STATUS, 1)])
-    size = d.rings[0][3]
-    assert mem.read_int(USED + 4 + 8 * size, 2) == 3  # avail_event: the index the driver publishes next
-    device.close()
-    t.close()
+    with started(image) as (device, t, d, mem, _):
+        assert d.device_features() >> v.F_RING_EVENT_IDX & 1
+        header(mem, b.T_IN, 0)
+        for _ in range(3):
+            submit(d, mem, [(HDR, 16)], [(BUF, 512), (STATUS, 1)])
+        size = d.rings[0][3]
+        assert mem.read_int(USED + 4 + 8 * size, 2) == 3  # avail_event: the index the driver publishes next
 
 
 def test_the_request_path_on_real_guest_memory(image):
     """GuestMemory (an anonymous mmap), as in a VM: the rings are cast views of it."""
     memory = GuestMemory()
     memory.add(MemoryRegion(0, RAM_BASE, RAM_SIZE, allocate(RAM_SIZE)))
-    device, t, d, mem, _ = started(image, memory=memory)
-    header(mem, b.T_IN, 1)
-    assert request(d, mem, [(HDR, 16)], [(BUF, 512), (STATUS, 1)]) == (b.S_OK, 513)
-    assert mem.read(BUF, 512) == SECTOR_1
-    mem.write(BUF, b"\x42" * 512)
-    header(mem, b.T_OUT, 3)
-    assert request(d, mem, [(HDR, 16), (BUF, 512)], [(STATUS, 1)]) == (b.S_OK, 1)
-    assert image.read_bytes()[1536:2048] == b"\x42" * 512
-    device.close()
-    t.close()
+    with started(image, memory=memory) as (device, t, d, mem, _):
+        header(mem, b.T_IN, 1)
+        assert submit(d, mem, [(HDR, 16)], [(BUF, 512), (STATUS, 1)]) == (b.S_OK, 513)
+        assert mem.read(BUF, 512) == SECTOR_1
+        mem.write(BUF, b"\x42" * 512)
+        header(mem, b.T_OUT, 3)
+        assert submit(d, mem, [(HDR, 16), (BUF, 512)], [(STATUS, 1)]) == (b.S_OK, 1)
+        assert image.read_bytes()[1536:2048] == b"\x42" * 512
     memory.close()

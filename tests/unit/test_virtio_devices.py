@@ -42,6 +42,11 @@ def blk_request(d, mem, kind, sector, out=b"", in_len=0):
         mem.write(BUF, out)
         readable.append((BUF, len(out)))
     writable = ([(BUF, in_len)] if in_len else []) + [(STATUS, 1)]
+    return submit(d, mem, readable, writable)
+
+
+def submit(d, mem, readable, writable):
+    """Queue one blk chain, kick, return (the status byte at STATUS, the bytes the device reported)."""
     mem.write_int(STATUS, 1, 0xEE)
     head = d.add(0, readable, writable)
     d.t.device.notify(0)
