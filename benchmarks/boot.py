@@ -51,7 +51,8 @@ def boot(cmd: list[str], timeout: float) -> tuple[float, float, int]:
             if left <= 0:
                 proc.kill()
                 proc.wait()
-                raise SystemExit(f"{cmd[0]}: no exit within {timeout:g} s:\n{bytes(out[-1500:]).decode(errors='replace')}")
+                tail = bytes(out[-1500:]).decode(errors="replace")
+                raise SystemExit(f"{cmd[0]}: no exit within {timeout:g} s:\n{tail}")
             for key, _ in sel.select(left):
                 data = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
                 if not data:

@@ -247,8 +247,8 @@ def main() -> int:
                          f"{s.low * 1e3:.1f}-{s.high * 1e3:.1f}"])
     print(table(rows, ["bare interpreter start-up", "median ms", "min-max"]))
     imports = import_times(python, pyvmm, mem)
-    print(f"\n`{Path(python).name} -X importtime {pyvmm} run --no-stdin -m {mem}`: top 10 by cumulative time, min of 3 runs "
-          f"(all imports: {sum(own for _, own, _ in imports) / 1e3:.1f} ms self time in total)")
+    print(f"\n`{Path(python).name} -X importtime {pyvmm} run --no-stdin -m {mem}`: top 10 by cumulative time, "
+          f"min of 3 runs (all imports: {sum(own for _, own, _ in imports) / 1e3:.1f} ms self time in total)")
     rows = [[name, f"{cum}", f"{own}"] for cum, own, name in imports[:10]]
     print(table(rows, ["module (indent = nesting)", "cumulative us", "self us"]))
     print("\ntop 10 by self time (the module's own top-level code)")

@@ -13,8 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any, Iterable
 
 from pyvmm.errors import ExitStatus, PyvmmError
-from pyvmm.idle.policy import IdleChange, IdlePolicyError
-from pyvmm.idle.policy import WFX_NAMES, PolicyParseError
+from pyvmm.idle.policy import WFX_NAMES, IdleChange, IdlePolicyError, PolicyParseError
 
 if TYPE_CHECKING:
     from pyvmm.idle.control import IdleController

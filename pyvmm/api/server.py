@@ -27,13 +27,6 @@ if TYPE_CHECKING:
     from pyvmm.idle.control import IdleController
     from pyvmm.vmm.vmm import Vmm
 
-
-
-def _log():
-    import logging  # only on the rare paths that log: logging costs start-up time
-
-    return logging.getLogger(__name__)
-
 MAX_CLIENTS = 32
 IDLE_TIMEOUT = 60.0
 MAX_UNSENT = 1 << 20
@@ -48,6 +41,12 @@ class _Connection:
     received: bytearray = field(default_factory=bytearray)
     unsent: bytearray = field(default_factory=bytearray)
     closing: bool = False  # close once the unsent replies are out
+
+
+def _log():
+    import logging  # only on the rare paths that log: logging costs start-up time
+
+    return logging.getLogger(__name__)
 
 
 def check_path(path: str) -> None:

@@ -5,7 +5,8 @@ when the ring is full. The vCPU loop never looks at the ring (every exit would p
 before each register access that does exit, which keeps its semantics those of a device that saw every write; the
 flusher thread drains it for a guest that writes and then idles inside KVM (WFI/HLT, no exit): every
 FLUSH_PERIOD_S while it finds writes, backing off to FLUSH_PERIOD_MAX_S while it finds none (an idle VM costs the
-host 5 wake-ups a second, not 50). `close()` drains it one last time. kvmtool instead drains after every exit (kvm_cpu__handle_coalesced_mmio).
+host 5 wake-ups a second, not 50). `close()` drains it one last time. kvmtool instead drains after every exit
+(kvm_cpu__handle_coalesced_mmio).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 FLUSH_PERIOD_S = 0.02  # how late queued output may appear while the guest makes no exit ...
 FLUSH_PERIOD_MAX_S = 0.2  # ... and after a quiet spell
-
 
 
 def debug(message: str, *args: object) -> None:

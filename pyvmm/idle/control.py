@@ -138,15 +138,18 @@ class IdleController:
             self._unapplied_vm = vm
             return
         try:
-            self.applied = _apply().apply_before_vcpus(vm, self.policy, self.vmm.spec.arch, host=self.host, caps=self.caps)
+            self.applied = self._apply_policy(vm)
         except IdlePolicyError as err:
             raise IdleRefusedError(str(err)) from None
+
+    def _apply_policy(self, vm: Vm) -> "AppliedPolicy":
+        assert self.vmm is not None
+        return _apply().apply_before_vcpus(vm, self.policy, self.vmm.spec.arch, host=self.host, caps=self.caps)
 
     def _in_force(self) -> "AppliedPolicy | None":
         """What is in force; for a default policy read back now (its application sets nothing). Under the lock."""
         if self.applied is None and self._unapplied_vm is not None and self.vmm is not None:
-            self.applied = _apply().apply_before_vcpus(self._unapplied_vm, self.policy, self.vmm.spec.arch, host=self.host,
-                                              caps=self.caps)
+            self.applied = self._apply_policy(self._unapplied_vm)
             self._unapplied_vm = None
         return self.applied
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import mmap
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from pyvmm.errors import GuestMemoryError, HostResourceError
 
@@ -104,7 +105,7 @@ class GuestMemory:
                 return region.view[offset : offset + length]
         return self._raise(gpa, length)
 
-    def _raise(self, gpa: int, length: int) -> memoryview:
+    def _raise(self, gpa: int, length: int) -> NoReturn:
         self._locate(gpa, length)  # raises the error that names the range
         raise AssertionError("unreachable")
 

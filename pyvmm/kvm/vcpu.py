@@ -29,10 +29,11 @@ _GAP = IO_OFFSET - EXIT_REASON_OFFSET - 4  # exit_reason's neighbours up to the 
 MMIO_RECORD = struct.Struct(f"<I{_GAP}xQQIB")
 IO_RECORD = struct.Struct(f"<I{_GAP}xBBHIQ")
 VALUE_MASK = [(1 << (8 * n)) - 1 for n in range(MMIO_MAX_LEN + 1)]  # by access size in bytes
-# Little-endian unpack of a 1/2/4/8-byte value at an offset of the page: cheaper than slicing + int.from_bytes.
-UNPACK_VALUE = {size: struct.Struct(f"<{code}").unpack_from for size, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))}
-# ... and the store of a 1/2/4/8-byte value: PACK_VALUE[size](page, MMIO_DATA_OFFSET, value) answers an MMIO load.
-PACK_VALUE = {size: struct.Struct(f"<{code}").pack_into for size, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))}
+# Little-endian unpack of a 1/2/4/8-byte value at an offset of the page (cheaper than slicing + int.from_bytes), and
+# the store of one: PACK_VALUE[size](page, MMIO_DATA_OFFSET, value) answers an MMIO load.
+_VALUES = {size: struct.Struct(f"<{code}") for size, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))}
+UNPACK_VALUE = {size: value.unpack_from for size, value in _VALUES.items()}
+PACK_VALUE = {size: value.pack_into for size, value in _VALUES.items()}
 
 
 class RunPage:

@@ -5,9 +5,9 @@ and sending SIGUSR1 to the thread: KVM_RUN then returns EINTR at once, whether t
 enter it, so no request is lost.
 
 The loop (kvmtool's kvm_cpu__start, Firecracker's run_emulation) is one if/elif on the exit reason. MMIO goes to the
-MMIO bus, port I/O to the arch's port bus (x86_64): a write whose exact address was seen before costs one probe of
-the bus's own cache. Exits only one architecture has (x86's triple fault) go to the arch's `ArchExits`; the exits that end the VM each have a
-named handler. The Vcpu decodes its kvm_run page (pyvmm.kvm.vcpu.RunPage).
+MMIO bus, port I/O to the arch's port bus (x86_64): an access whose exact address and size were seen before costs one
+probe of the bus's own cache. Exits only one architecture has (x86's triple fault) go to the arch's `ArchExits`; the
+exits that end the VM each have a named handler. The Vcpu decodes its kvm_run page (pyvmm.kvm.vcpu.RunPage).
 """
 
 from __future__ import annotations

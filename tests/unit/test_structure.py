@@ -41,7 +41,8 @@ def test_the_combined_exit_records_read_what_cffi_wrote():
     run.mmio.data[0:4] = b"\x78\x56\x34\x12"
     assert page.mmio_exit()[:2] == (6, 0x9000_0004) and page.mmio_exit()[2] & 0xFFFF_FFFF == 0x1234_5678
     assert page.mmio_exit()[3:] == (4, 1)
-    run.exit_reason, run.io.direction, run.io.size, run.io.port, run.io.count, run.io.data_offset = 2, 1, 2, 0x3F8, 3, 0x1000
+    run.exit_reason, run.io.direction, run.io.size, run.io.port = 2, 1, 2, 0x3F8
+    run.io.count, run.io.data_offset = 3, 0x1000
     assert page.io_exit() == (2, 1, 2, 0x3F8, 3, 0x1000)
     page.release()
 

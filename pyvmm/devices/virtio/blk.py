@@ -2,8 +2,9 @@
 
 Reads and writes go straight between the file and guest RAM with os.preadv/os.pwritev on memoryviews of guest
 memory (no copies). A batch of 4 or more requests taken from the ring is served by a small thread pool (the syscalls
-release the GIL), so several requests are in flight at once; smaller ones are served on the worker thread. FLUSH completes only after fsync returns (cache=writeback);
-cache=unsafe skips the fsync; cache=writethrough opens the file O_DSYNC and offers no volatile cache.
+release the GIL), so several requests are in flight at once; smaller ones are served on the worker thread. FLUSH
+completes only after fsync returns (cache=writeback); cache=unsafe skips the fsync; cache=writethrough opens the
+file O_DSYNC and offers no volatile cache.
 The file is locked with flock (shared when read-only, exclusive otherwise), so a second pyvmm cannot open it for
 writing. DISCARD punches holes (fallocate) and is offered only when the host file system can; WRITE_ZEROES uses
 ZERO_RANGE or hole punching where supported, else writes zeroes.
