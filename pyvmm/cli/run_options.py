@@ -62,9 +62,10 @@ DEVICE_OPTIONS: list[Callable] = [
                       "and pyvmm adds `console=hvc0 earlycon` unless -p names a console). Needs virtio_mmio and "
                       "virtio_console in the guest kernel."),
     click.option("--no-coalesced-console", is_flag=True,
-                 help="Make every guest write to the UART's transmit register exit to pyvmm, instead of letting KVM "
-                      "queue them in its coalesced MMIO/PIO ring (the default where KVM offers it). The output is "
-                      "the same; for comparisons."),
+                 help="Make every guest access to the UART exit to pyvmm, instead of letting KVM queue transmit "
+                      "writes in its coalesced MMIO/PIO ring and (arm64) serve side-effect-free register reads "
+                      "from a read-only page (the default where KVM offers them). The output is the same; for "
+                      "comparisons."),
     click.option("--rng", is_flag=True, help="A virtio-rng device fed from the host's getrandom() (/dev/hwrng)."),
     click.option("--vsock", "vsock", metavar="cid=N",
                  help="A virtio-vsock device with guest CID N (3 or more), served by the host kernel's vhost-vsock "

@@ -24,6 +24,7 @@ from pyvmm.errors import UsageError
 
 if TYPE_CHECKING:
     from pyvmm.devices.coalesced import CoalescedZone, QueuedWriteDevice
+    from pyvmm.devices.mirror import MirroredDevice, PageMirror
     from pyvmm.devices.virtio.config import DeviceConfig
     from pyvmm.devices.virtio.device import VirtioDevice
     from pyvmm.devices.virtio.interrupt import IrqfdInterrupt, LineInterrupt
@@ -70,6 +71,7 @@ class DeviceManager:
         self._window = virtio_window
         self._irq_line_arg = irq_line_arg
         self.coalesced: CoalescedZone | None = None
+        self.mirror: tuple[MirroredDevice, PageMirror] | None = None
 
     def irq_setter(self, irq: int) -> Callable[[int], None]:
         """A level setter for a device's interrupt line (KVM_IRQ_LINE)."""
@@ -121,6 +123,46 @@ class DeviceManager:
         debug("%s: writes to %#x (%d byte(s), %s) coalesced in KVM's ring of %d", device.name, address, size,
               "port" if pio else "MMIO", ring.size)
         return True
+
+    def mirror_reads(self, device: MirroredDevice, placement: Placement) -> bool:
+        """Let the guest read a placed MMIO device's registers from a read-only page while the device says reads
+        are free of side effects (pyvmm.devices.mirror). False, and every read exits as before, where KVM lacks
+        read-only slots or a host page would cover more than the device."""
+        import mmap
+
+        from pyvmm.devices.coalesced import debug
+        from pyvmm.devices.mirror import PageMirror
+
+        if self.mirror is not None:
+            raise ValueError("one device per VM has a register mirror")
+        if placement.bus != BUS_MMIO or placement.base % mmap.PAGESIZE or placement.size < mmap.PAGESIZE:
+            debug("%s: no register mirror: a %d-byte host page does not fit its %#x bytes at %#x", device.name,
+                  mmap.PAGESIZE, placement.size, placement.base)
+            return False
+        try:
+            page = self.vm.readonly_page(placement.base)
+        except OSError as err:
+            debug("%s: no register mirror (%s): every read exits", device.name, err.strerror)
+            return False
+        self.mirror = (device, PageMirror(page))
+        device.mirror_reads(self.mirror[1])  # a slot KVM refuses leaves the device without it, with a warning
+        debug("%s: register reads served from a read-only page at %#x while free of side effects", device.name,
+              placement.base)
+        return True
+
+    def _close_mirror(self) -> None:
+        mirrored, self.mirror = self.mirror, None
+        if mirrored is None:
+            return
+        device, mirror = mirrored
+        try:
+            device.mirror_reads(None)
+        finally:
+            mirror.close()
+        from pyvmm.devices.coalesced import debug
+
+        debug("%s: %d register reads exited; the read-only page was mapped or unmapped %d times", device.name,
+              device.read_exits, mirror.page.changes)
 
     def flush(self) -> None:
         """Apply the writes KVM still holds queued (the vCPUs have stopped: the guest's last output)."""
@@ -212,12 +254,15 @@ class DeviceManager:
         return consoles[0].feed if consoles else None
 
     def close(self) -> None:
-        """Drain the coalesced ring; stop the virtio devices (their workers use guest RAM) and take them off the
+        """Drain the coalesced ring; take the register mirror down; stop the virtio devices (their workers use guest RAM) and take them off the
         bus."""
         zone, self.coalesced = self.coalesced, None
         try:
-            if zone is not None:
-                zone.close()
+            try:
+                if zone is not None:
+                    zone.close()
+            finally:
+                self._close_mirror()
         finally:
             self._close_virtio()
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyvmm.errors import HostResourceError
 from pyvmm.kvm.ioctl import bindings, check_extension, ffi, ioctl, new
 from pyvmm.kvm.memory import GuestMemory, MemoryRegion, allocate
 from pyvmm.kvm.system import Kvm
+
+if TYPE_CHECKING:
+    from pyvmm.kvm.readonly import ReadOnlyPage
 
 
 class Vm:
@@ -54,15 +58,10 @@ class Vm:
     def add_ram(self, guest_phys: int, size: int) -> MemoryRegion:
         mapping = allocate(size)
         host_buffer = ffi.from_buffer(mapping)
-        region = new("struct kvm_userspace_memory_region *")
-        region.slot = self._next_slot
-        region.flags = 0
-        region.guest_phys_addr = guest_phys
-        region.memory_size = size
-        region.userspace_addr = int(ffi.cast("uintptr_t", host_buffer))
         try:
-            ioctl(self.fd, bindings.KVM_SET_USER_MEMORY_REGION, region)
+            self.set_memory_region(self._next_slot, guest_phys, size, int(ffi.cast("uintptr_t", host_buffer)))
         except OSError as err:
+            ffi.release(host_buffer)
             mapping.close()
             raise HostResourceError(
                 f"KVM refused {size >> 20} MiB of guest RAM at {guest_phys:#x}: {err.strerror}"
@@ -72,6 +71,31 @@ class Vm:
         self.memory.add(memory_region)
         self._next_slot += 1
         return memory_region
+
+    def readonly_page(self, guest_phys: int) -> ReadOnlyPage:
+        """A page of host memory for the guest to read at `guest_phys` once shown (pyvmm.kvm.readonly); it takes a
+        memory slot of its own and is not guest RAM (devices cannot DMA to it). Raises OSError where KVM lacks
+        KVM_CAP_READONLY_MEM."""
+        from pyvmm_bindings import constants as c
+
+        from pyvmm.kvm.readonly import ReadOnlyPage
+
+        if not self.check_extension(c.KVM_CAP_READONLY_MEM):
+            raise OSError(errno.EOPNOTSUPP, "KVM has no read-only memory slots (KVM_CAP_READONLY_MEM)")
+        page = ReadOnlyPage(self, self._next_slot, guest_phys)
+        self._next_slot += 1
+        return page
+
+    def set_memory_region(self, slot: int, guest_phys: int, size: int, host_address: int, flags: int = 0) -> None:
+        """KVM_SET_USER_MEMORY_REGION: map [host_address, + size) at `guest_phys` as memory slot `slot`; size 0
+        deletes the slot. Raises OSError."""
+        region = new("struct kvm_userspace_memory_region *")
+        region.slot = slot
+        region.flags = flags
+        region.guest_phys_addr = guest_phys
+        region.memory_size = size
+        region.userspace_addr = host_address
+        ioctl(self.fd, bindings.KVM_SET_USER_MEMORY_REGION, region)
 
     # -- interrupts and eventfds --------------------------------------------------------------------------------
     def irq_line(self, irq: int, level: int) -> None:

@@ -66,7 +66,8 @@ def host_memory_bytes() -> int:
 @dataclass
 class ConsoleSpec:
     """Where the guest's UART goes: output to stdout (`echo`) and optionally a log, input from stdin. `coalesce`:
-    KVM queues the guest's transmit writes in its coalesced ring where it can (pyvmm.devices.coalesced)."""
+    KVM queues the guest's transmit writes in its coalesced ring where it can (pyvmm.devices.coalesced), and an MMIO
+    UART's side-effect-free reads come from a read-only page (pyvmm.devices.mirror)."""
 
     stdin: bool = True
     echo: bool = True

@@ -1,6 +1,6 @@
-"""The UART's transmit writes queued in KVM's coalesced MMIO ring, with Linux (the lane's L2) booting without
-`quiet`: the console output is complete and the same as with an exit per write, up to the kernel's last line
-before the power-off."""
+"""The UART's transmit writes queued in KVM's coalesced MMIO ring and its status reads served from a read-only page,
+with Linux (the lane's L2) booting without `quiet`: the console output is complete and the same as with an exit per
+access, up to the kernel's last line before the power-off."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def test_a_verbose_linux_boot_prints_the_same_with_and_without_the_ring(l2_kerne
     assert b"coalesced in KVM's ring" not in exits.stderr
     through_ring = re.search(rb"(\d+) writes came through KVM's coalesced ring", queued.stderr)
     assert through_ring is not None and int(through_ring.group(1)) > 5000, queued.stderr[-2000:]
+    # The status read before each byte came from the read-only page: a handful of reads exited (the tty's input
+    # and THRE interrupts), not one per byte.
+    assert b"register reads served from a read-only page" in queued.stderr
+    assert b"read-only page" not in exits.stderr
+    read_exits = re.search(rb"(\d+) register reads exited; the read-only page was mapped or unmapped (\d+) times",
+                           queued.stderr)
+    assert read_exits is not None, queued.stderr[-2000:]
+    assert int(read_exits.group(1)) < int(through_ring.group(1)) // 10, read_exits.group(0)
     # The same lines, none lost, cut or doubled; their order is the kernel's (asynchronous initcalls such as the
     # initramfs unpacking interleave differently from boot to boot)
     assert sorted(_lines(queued.stdout)) == sorted(_lines(exits.stdout))

@@ -59,6 +59,7 @@ def build(ctx: MachineContext) -> Machine:
         console = devices.add(uart, uart.identity, base=layout.UART, size=layout.UART_SIZE, irq=layout.UART_SPI)
         if spec.console.coalesce:  # the THR byte (reg-io-width 1: Linux's 8250 and earlycon use byte stores)
             devices.coalesce_writes(uart, console, serial.RBR_THR, 1, vcpus[0])
+            devices.mirror_reads(uart, console)  # and LSR, read before every byte, from a read-only page
         test_device = testdev.TestDevice(ctx.on_guest_exit, spec.guest_args)
         devices.add(test_device, test_device.identity, base=layout.TESTDEV, size=testdev.SIZE)
         devices.add_virtio_devices(spec.devices, ctx.console_output)

@@ -1,0 +1,62 @@
+"""The UART's register mirror on this host's /dev/kvm: the device manager maps a read-only memory slot over an MMIO
+UART's page, keeps the UART's register values in it, deletes the slot while reads have side effects and when the
+VM's devices close. (The arm64 lane's console test boots Linux through it.)"""
+
+from __future__ import annotations
+
+import mmap
+
+import pytest
+from pyvmm_bindings import constants as c
+
+from pyvmm.devices import serial
+from pyvmm.devices.manager import DeviceManager, SlotWindow
+from pyvmm.kvm.system import Kvm
+from pyvmm.kvm.vm import Vm
+
+UART = 0x9000_0000
+
+
+@pytest.fixture
+def devices():
+    kvm = Kvm.open()
+    vm = Vm(kvm)
+    if not vm.check_extension(c.KVM_CAP_READONLY_MEM):
+        vm.close()
+        kvm.close()
+        pytest.skip("this KVM has no read-only memory slots")
+    vm.add_ram(0, 1 << 20)
+    manager = DeviceManager(vm, SlotWindow(0xD000_0000, 0x200, 4, 16), irq_line_arg=lambda irq: irq)
+    yield manager
+    manager.close()
+    vm.close()
+    kvm.close()
+
+
+def _mirrored_uart(devices: DeviceManager, base: int, size: int) -> tuple[serial.Serial16550, bool]:
+    uart = serial.Serial16550(lambda data: None, lambda level: None)
+    placement = devices.add(uart, uart.identity, base=base, size=size)
+    return uart, devices.mirror_reads(uart, placement)
+
+
+def test_the_page_holds_the_registers_while_reads_are_free_and_is_unmapped_otherwise(devices):
+    uart, mirrored = _mirrored_uart(devices, UART, mmap.PAGESIZE)
+    assert mirrored
+    page = devices.mirror[1].page
+    assert page.shown and page.slot == 1  # slot 0 is RAM
+    assert page.buffer[serial.LSR] == serial.LSR_THRE | serial.LSR_TEMT
+    uart.write(serial.SCR, 1, 0x5A)
+    assert page.buffer[serial.SCR] == 0x5A
+    uart.feed(b"x")  # RBR would pop it: reads must exit
+    assert not page.shown
+    assert uart.read(serial.RBR_THR, 1) == ord("x")
+    assert page.shown and page.changes == 3
+    devices.close()
+    assert not page.shown and devices.mirror is None
+
+
+def test_a_device_smaller_than_a_host_page_gets_no_mirror(devices):
+    uart, mirrored = _mirrored_uart(devices, UART, 8)
+    assert not mirrored and devices.mirror is None
+    uart.feed(b"x")  # and works as before
+    assert uart.read(serial.LSR, 1) & serial.LSR_DR
