@@ -7,8 +7,9 @@ thread would (`select()`, then each ready callback). A model Linux driver plays 
 the header, one descriptor per data segment (in an indirect table, as Linux does for chains of more than one
 buffer) and the status byte, publishes the head, updates `used_event` (EVENT_IDX), kicks the queue's eventfd (what
 KVM_IOEVENTFD does), and then, as Linux's vm_interrupt does on the interrupt, reads InterruptStatus, writes
-InterruptACK and EOIs (KVM signals the resamplefd, which wakes the worker once more). Not counted: KVM itself and
-the vCPU loop's decoding of the two MMIO exits (the register accesses are called directly).
+InterruptACK and EOIs. The interrupt is arm64's edge irqfd (the EOI reaches no one); `--level` models x86_64's level
+line instead, where KVM signals the resamplefd on EOI and that wakes the worker once more. Not counted: KVM itself
+and the vCPU loop's decoding of the two MMIO exits (the register accesses are called directly).
 
     python3 benchmarks/blk_requests.py --callgrind                 # instructions per request, every mode
     python3 benchmarks/blk_requests.py --strace                    # syscalls per request, every mode
@@ -51,11 +52,12 @@ MODES = {"write-4k": (b.T_OUT, 4096, 4096), "read-4k": (b.T_IN, 4096, 4096),
 
 
 class EventfdLine:
-    """IrqfdInterrupt without a VM: the trigger is an eventfd write, KVM's resample is the driver's EOI below."""
+    """IrqfdInterrupt without a VM: the trigger is an eventfd write; for a level line KVM's resample is the driver's
+    EOI below."""
 
-    def __init__(self) -> None:
+    def __init__(self, level: bool) -> None:
         self.trigger_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.resample_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.resample_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) if level else None
         self.triggers = 0
 
     def trigger(self) -> None:
@@ -135,7 +137,7 @@ class Guest:
         return taken
 
 
-def run(mode: str, count: int, depth: int) -> None:
+def run(mode: str, count: int, depth: int, level: bool) -> None:
     kind, size, segment = MODES[mode]
     memory = GuestMemory()
     memory.add(MemoryRegion(0, RAM, RAM_SIZE, allocate(RAM_SIZE)))
@@ -144,7 +146,7 @@ def run(mode: str, count: int, depth: int) -> None:
         with open(image, "wb") as f:
             f.truncate(64 << 20)
         device = b.Block(DiskConfig(image, cache="writeback"))
-        line = EventfdLine()
+        line = EventfdLine(level)
         transport = MmioTransport(device, memory, line)
         worker = DeviceWorker("blk-bench")
         transport.serve_on(worker)
@@ -169,8 +171,9 @@ def run(mode: str, count: int, depth: int) -> None:
             os.eventfd_write(transport.notify_fds[0], 1)  # the guest's QueueNotify, as KVM_IOEVENTFD signals it
             turn()
             assert guest.interrupt() == batch, "every request completed with one interrupt"
-            os.eventfd_write(line.resample_fd, 1)  # the guest's EOI: KVM signals the resamplefd
-            turn()
+            if line.resample_fd is not None:
+                os.eventfd_write(line.resample_fd, 1)  # the guest's EOI: KVM signals the resamplefd
+                turn()
             done += batch
         assert transport.broken is None, transport.broken
         worker.close(device.close)
@@ -178,26 +181,27 @@ def run(mode: str, count: int, depth: int) -> None:
         memory.close()
 
 
-def measured(tool: list[str], mode: str, count: int, depth: int, out: Path) -> str:
+def measured(tool: list[str], mode: str, count: int, depth: int, level: bool, out: Path) -> str:
     cmd = tool + [sys.executable, __file__, "--mode", mode, "-n", str(count), "--depth", str(depth)]
+    cmd += ["--level"] * level
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return out.read_text()
 
 
-def callgrind(mode: str, count: int, depth: int, tmp: Path) -> float:
+def callgrind(mode: str, count: int, depth: int, level: bool, tmp: Path) -> float:
     totals = []
     for n in (count, 5 * count):
         out = tmp / f"cg.{mode}.{n}"
-        text = measured(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"], mode, n, depth, out)
+        text = measured(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"], mode, n, depth, level, out)
         totals.append(int(re.search(r"^summary:\s*(\d+)", text, re.M).group(1)))
     return (totals[1] - totals[0]) / (4 * count)
 
 
-def strace(mode: str, count: int, depth: int, tmp: Path) -> dict[str, float]:
+def strace(mode: str, count: int, depth: int, level: bool, tmp: Path) -> dict[str, float]:
     counts = []
     for n in (count, 5 * count):
         out = tmp / f"st.{mode}.{n}"
-        text = measured(["strace", "-f", "-c", "-o", str(out)], mode, n, depth, out)
+        text = measured(["strace", "-f", "-c", "-o", str(out)], mode, n, depth, level, out)
         calls = {}
         for line in text.splitlines():
             parts = line.split()
@@ -213,12 +217,14 @@ def main() -> int:
     parser.add_argument("--mode", choices=sorted(MODES), help="one mode, run once (no measurement)")
     parser.add_argument("-n", type=int, default=200, help="requests (per measured run: N and 5 N)")
     parser.add_argument("--depth", type=int, default=1, help="requests per kick (dd O_DIRECT: 1)")
+    parser.add_argument("--level", action="store_true",
+                        help="x86_64's level interrupt: the EOI wakes the worker through the resamplefd")
     parser.add_argument("--callgrind", action="store_true", help="instructions per request (valgrind)")
     parser.add_argument("--strace", action="store_true", help="syscalls per request (strace -c)")
     parser.add_argument("--modes", default=",".join(sorted(MODES)), help="modes measured (comma-separated)")
     args = parser.parse_args()
     if args.mode:
-        run(args.mode, args.n, args.depth)
+        run(args.mode, args.n, args.depth, args.level)
         return 0
     if not (args.callgrind or args.strace):
         parser.error("give --mode, --callgrind or --strace")
@@ -228,12 +234,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
             kind, size, segment = MODES[mode]
-            what = f"{mode:9s} ({size // segment} x {segment} B segments, depth {args.depth})"
+            what = f"{mode:9s} ({size // segment} x {segment} B segments, depth {args.depth}" + \
+                (", level)" if args.level else ")")
             if args.callgrind:
-                print(f"{what}: {callgrind(mode, args.n, args.depth, Path(tmp)):10,.0f} instructions per request",
+                print(f"{what}: {callgrind(mode, args.n, args.depth, args.level, Path(tmp)):10,.0f} instructions per request",
                       flush=True)
             if args.strace:
-                calls = strace(mode, args.n, args.depth, Path(tmp))
+                calls = strace(mode, args.n, args.depth, args.level, Path(tmp))
                 print(f"{what}: syscalls per request " + ", ".join(f"{k} {x:.2f}" for k, x in calls.items()),
                       flush=True)
     return 0

@@ -6,8 +6,10 @@ builder passes its layout in (the virtio-mmio slot window and how an interrupt n
 argument): devices/ never imports arch.
 
 Virtio devices get the next free slot: base = window.base + n * window.stride, irq = window.first_irq + n. Queue
-notifications are KVM_IOEVENTFDs on QueueNotify (datamatch = queue index); the interrupt is KVM_IRQFD with a
-resamplefd, or KVM_IRQ_LINE where KVM lacks resampling; one worker thread per device serves it. `close()` stops the
+notifications are KVM_IOEVENTFDs on QueueNotify (datamatch = queue index). The interrupt is edge- or level-triggered
+as the window says (pyvmm/devices/virtio/interrupt.py): edge is a KVM_IRQFD without resample (every signal pulses
+the line; the placement records the trigger so the arch tells the guest), level a KVM_IRQFD with a resamplefd; where
+KVM lacks the irqfd capability that needs, KVM_IRQ_LINE. One worker thread per device serves it. `close()` stops the
 devices before the VM's memory goes away.
 """
 
@@ -47,6 +49,7 @@ class SlotWindow:
     stride: int
     count: int
     first_irq: int  # arm64: SPI number (also its irqfd GSI, KVM's default routing); x86_64: IOAPIC GSI
+    edge: bool = False  # edge-triggered interrupts (arm64: EDGE_RISING in the DT); else level (x86_64's IOAPIC pins)
 
 
 @dataclass
@@ -79,9 +82,10 @@ class DeviceManager:
         return lambda level: vm.irq_line(line, level)
 
     def add(self, device: Device, identity: GuestIdentity, *, base: int, size: int, irq: int | None = None,
-            bus: str = BUS_MMIO) -> Placement:
-        """Register a device at a fixed place (the arch layout's) and record it."""
-        placement = Placement(identity, bus, base, size, irq)
+            bus: str = BUS_MMIO, edge: bool = False) -> Placement:
+        """Register a device at a fixed place (the arch layout's) and record it; `edge`: its interrupt is
+        edge-triggered (else level)."""
+        placement = Placement(identity, bus, base, size, irq, edge)
         (self.pio if bus == BUS_PIO else self.mmio).register(base, size, device)
         self.placements.append(placement)
         return placement
@@ -203,7 +207,8 @@ class DeviceManager:
         transport = MmioTransport(device, self.vm.memory, interrupt)
         worker = DeviceWorker(device.name)
         slot = VirtioSlot(self.add(transport, VIRTIO_MMIO, base=self._window.base + n * self._window.stride,
-                                   size=MMIO_SIZE, irq=irq), device, transport, worker, interrupt)
+                                   size=MMIO_SIZE, irq=irq, edge=self._window.edge), device, transport, worker,
+                           interrupt)
         self.virtio.append(slot)  # from here on close() stops it
         self._serve(slot)
         return slot
@@ -215,18 +220,17 @@ class DeviceManager:
 
         from pyvmm.devices.virtio.interrupt import IrqfdInterrupt, LineInterrupt
 
-        if self.vm.check_extension(c.KVM_CAP_IRQFD_RESAMPLE):
+        level = not self._window.edge
+        if self.vm.check_extension(c.KVM_CAP_IRQFD_RESAMPLE if level else c.KVM_CAP_IRQFD):
             try:
-                return IrqfdInterrupt(self.vm, irq)
+                return IrqfdInterrupt(self.vm, irq, level)
             except OSError as err:
-                logging.getLogger(__name__).info("KVM_IRQFD with resample refused (%s): using KVM_IRQ_LINE",
-                                                 err.strerror)
-        return LineInterrupt(self.irq_setter(irq))
+                logging.getLogger(__name__).info("KVM_IRQFD%s refused (%s): using KVM_IRQ_LINE",
+                                                 " with resample" if level else "", err.strerror)
+        return LineInterrupt(self.irq_setter(irq), level)
 
     def _serve(self, slot: VirtioSlot) -> None:
         import logging
-
-        from pyvmm.devices.virtio.interrupt import IrqfdInterrupt
 
         log = logging.getLogger(__name__)
         device, transport, worker = slot.device, slot.transport, slot.worker
@@ -238,8 +242,7 @@ class DeviceManager:
         transport.serve_on(worker)
         worker.start()
         log.debug("%s: virtio-mmio at %#x, irq %d via %s, %d queue(s)", device.name, slot.placement.base,
-                  slot.placement.irq, "KVM_IRQFD+resamplefd" if isinstance(slot.interrupt, IrqfdInterrupt)
-                  else "KVM_IRQ_LINE", len(transport.queues))
+                  slot.placement.irq, slot.interrupt.kind, len(transport.queues))
 
     def find(self, kind: type) -> list[VirtioDevice]:
         return [slot.device for slot in self.virtio if isinstance(slot.device, kind)]

@@ -26,3 +26,4 @@ class Placement:
     base: int
     size: int
     irq: int | None = None  # arm64: SPI number; x86_64: ISA IRQ / IOAPIC GSI
+    edge: bool = False  # the interrupt is edge-triggered (rising), else level-high (arm64 renders it in the DT)

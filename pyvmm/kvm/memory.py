@@ -85,7 +85,14 @@ class GuestMemory:
                 return region, offset
         raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
 
-    # contains/view are on every request's path (one call per descriptor): the lookup is inlined, not _locate.
+    def region_at(self, gpa: int) -> tuple[int, memoryview]:
+        """The guest address of the region holding `gpa` and a view of all of it, for a caller that cuts many
+        buffers out of one region and checks each buffer's bounds itself (the virtqueue's descriptor walk). The
+        view is the caller's own: `close` releasing the region's view does not pull it from under a late worker."""
+        region, _ = self._locate(gpa, 0)
+        return region.guest_phys, region.view[:]
+
+    # contains/view are on hot paths: the lookup is inlined, not _locate.
     def contains(self, gpa: int, length: int = 1) -> bool:
         if length < 0 or gpa < 0:
             return False

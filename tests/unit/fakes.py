@@ -8,16 +8,16 @@ from pyvmm.kvm.memory import GuestMemory, MemoryRegion
 
 
 class RecordingVm:
-    """Records every Vm method the device manager calls; KVM_CAP_IRQFD_RESAMPLE as asked."""
+    """Records every Vm method the device manager calls; KVM_CAP_IRQFD and KVM_CAP_IRQFD_RESAMPLE as asked."""
 
-    def __init__(self, resample: bool = False) -> None:
+    def __init__(self, irqfd: bool = False) -> None:
         self.calls: list[tuple] = []
-        self.resample = resample
+        self.irqfd_caps = irqfd
         self.memory = GuestMemory()
         self.memory.add(MemoryRegion(0, 0x4000_0000, 0x10000, mmap.mmap(-1, 0x10000)))
 
     def check_extension(self, cap: int) -> int:
-        return int(self.resample)
+        return int(self.irqfd_caps)
 
     def irq_line(self, irq: int, level: int) -> None:
         self.calls.append(("irq_line", irq, level))

@@ -57,6 +57,12 @@ def test_guest_memory_is_bounds_checked():
         with pytest.raises(GuestMemoryError):
             memory.view(gpa, length)
     assert not memory.contains(0x3000)
+    base, whole = memory.region_at(0x2FF8)  # the whole region, for callers that check their own bounds
+    assert base == 0x1000 and len(whole) == 0x2000 and bytes(whole[:3]) == b"abc"
+    whole.release()
+    for gpa in (0xFFF, 0x3001, -1):
+        with pytest.raises(GuestMemoryError):
+            memory.region_at(gpa)
     with pytest.raises(ValueError):
         memory.add(MemoryRegion(1, 0x2000, 0x1000, mmap.mmap(-1, 0x1000)))
     memory.close()

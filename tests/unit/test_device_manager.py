@@ -47,9 +47,11 @@ def test_virtio_devices_take_the_slots_in_order_and_are_wired_through_vm_methods
         assert devices.console_input() == console.device.feed
         assert x86_machine.kernel_params(devices.placements) == [
             "virtio_mmio.device=0x200@0xd0000000:16", "virtio_mmio.device=0x200@0xd0000200:17"]
-        # Without KVM_CAP_IRQFD_RESAMPLE the interrupt is KVM_IRQ_LINE on the slot's GSI.
+        # Without KVM_CAP_IRQFD_RESAMPLE the interrupt is KVM_IRQ_LINE on the slot's GSI, a level that ACK lowers.
         rng.interrupt.trigger()
         assert vm.calls[-1] == ("irq_line", x86_layout.VIRTIO_MMIO_FIRST_GSI, 1)
+        rng.interrupt.lower()
+        assert vm.calls[-1] == ("irq_line", x86_layout.VIRTIO_MMIO_FIRST_GSI, 0)
     finally:
         devices.close()
     assert not devices.virtio and not devices.placements and devices.mmio.ranges == []
@@ -86,14 +88,44 @@ def test_a_window_with_slots_smaller_than_a_transport_is_refused(vm):
         DeviceManager(vm, SlotWindow(0xD000_0000, 0x100, 4, 16), irq_line_arg=lambda irq: irq)
 
 
-def test_with_resampling_the_interrupt_is_an_irqfd_assigned_and_deassigned_through_the_vm():
-    vm = RecordingVm(resample=True)
+def test_arm64_virtio_interrupts_are_edge_irqfds_without_resample_assigned_and_deassigned_through_the_vm():
+    vm = RecordingVm(irqfd=True)
     devices = DeviceManager(vm, arm64_machine.VIRTIO_SLOTS, irq_line_arg=gic.spi_irq_line)
+    first_spi = arm64_machine.VIRTIO_SLOTS.first_irq
     try:
         devices.add_virtio_devices([RngConfig()], lambda data: None)
-        first_spi = arm64_machine.VIRTIO_SLOTS.first_irq
-        assert [call for call in vm.calls if call[0] == "irqfd"] == [("irqfd", first_spi, False, True)]
+        assert [call for call in vm.calls if call[0] == "irqfd"] == [("irqfd", first_spi, False, False)]
+        assert devices.placements[0].edge  # so the device tree says EDGE_RISING
+        assert devices.virtio[0].interrupt.resample_fd is None  # nothing wakes the worker on EOI
     finally:
         devices.close()
         vm.close()
     assert vm.calls[-1] == ("irqfd", first_spi, True, False)
+
+
+def test_x86_virtio_interrupts_are_level_irqfds_with_a_resamplefd():
+    vm = RecordingVm(irqfd=True)
+    devices = DeviceManager(vm, x86_machine.VIRTIO_SLOTS, irq_line_arg=lambda irq: irq)
+    try:
+        devices.add_virtio_devices([RngConfig()], lambda data: None)
+        gsi = x86_layout.VIRTIO_MMIO_FIRST_GSI
+        assert [call for call in vm.calls if call[0] == "irqfd"] == [("irqfd", gsi, False, True)]
+        assert not devices.placements[0].edge
+    finally:
+        devices.close()
+        vm.close()
+
+
+def test_without_irqfd_an_arm64_virtio_interrupt_is_a_kvm_irq_line_pulse_and_ack_lowers_nothing(vm):
+    devices = DeviceManager(vm, arm64_machine.VIRTIO_SLOTS, irq_line_arg=gic.spi_irq_line)
+    try:
+        devices.add_virtio_devices([RngConfig()], lambda data: None)
+        line = gic.spi_irq_line(arm64_machine.VIRTIO_SLOTS.first_irq)
+        interrupt = devices.virtio[0].interrupt
+        interrupt.trigger()
+        assert vm.calls[-2:] == [("irq_line", line, 1), ("irq_line", line, 0)]
+        before = len(vm.calls)
+        interrupt.lower()
+        assert len(vm.calls) == before
+    finally:
+        devices.close()

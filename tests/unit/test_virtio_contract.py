@@ -14,7 +14,9 @@ from pyvmm.devices.virtio.device import Interrupt, Queue, VirtioDevice
 from pyvmm.devices.virtio.transport import WarningLimit
 from pyvmm.devices.virtio.virtqueue import Chain
 from tests.unit.test_virtio_devices import BUF, HDR, STATUS, image, started_blk  # noqa: F401 (fixture)
-from tests.unit.test_virtio_queue import AVAIL, DATA, RAM_BASE, RAM_SIZE, make, needs_reset
+from tests.unit.test_virtio_queue import (
+    AVAIL, DATA, RAM_BASE, RAM_SIZE, SECOND_BASE, SECOND_SIZE, make, needs_reset,
+)
 
 
 class RecordingDevice(VirtioDevice):
@@ -39,6 +41,26 @@ class RecordingDevice(VirtioDevice):
         pass
 
 
+def test_buffers_in_both_regions_up_to_their_last_byte_are_views_of_exactly_their_descriptors():
+    """The walk cuts buffers out of the region the previous one was in and looks a region up only when a buffer
+    is outside it: switching regions, and a buffer that ends on a region's last byte, give exact views."""
+    device = RecordingDevice()
+    t, d, mem, irq, _ = make(device)
+    assert d.start()
+    buffers = [(RAM_BASE + RAM_SIZE - 5, 5), (SECOND_BASE, 3), (SECOND_BASE + SECOND_SIZE - 2, 2), (DATA, 4),
+               (RAM_BASE + RAM_SIZE, 0)]
+    for i, (gpa, length) in enumerate(buffers):
+        mem.write(gpa, bytes(range(i * 16, i * 16 + length)))
+    d.add(0, buffers, [(SECOND_BASE + 8, 6)])
+    chain = device.queues[0].pop()
+    assert [bytes(b) for b in chain.readable] == [bytes(range(i * 16, i * 16 + n)) for i, (_, n) in enumerate(buffers)]
+    chain.writable[0][:] = b"abcdef"
+    assert mem.read(SECOND_BASE + 8, 6) == b"abcdef" and not needs_reset(t)
+    d.add(0, [(SECOND_BASE, 1), (SECOND_BASE + SECOND_SIZE - 2, 3)], [])  # one byte past the second region
+    assert device.queues[0].pop() is None and needs_reset(t)
+    t.close()
+
+
 def test_activate_gives_memory_an_interrupt_and_one_queue_handle_per_queue():
     device = RecordingDevice()
     t, d, mem, irq, _ = make(device)
@@ -60,8 +82,11 @@ def test_queue_pop_complete_and_signal_used_reach_the_driver():
     mem.write(DATA, b"ping")
     head = d.add(0, [(DATA, 4)], [(DATA + 0x100, 8)])
     chain = queue.pop()
-    assert isinstance(chain, Chain) and chain.head == head and chain.readable == [(DATA, 4)]
-    assert chain.writable == [(DATA + 0x100, 8)]
+    assert isinstance(chain, Chain) and chain.head == head
+    # the buffers are views of guest RAM at the descriptors' addresses
+    assert [bytes(buffer) for buffer in chain.readable] == [b"ping"] and [len(b) for b in chain.writable] == [8]
+    chain.writable[0][:4] = b"pong"
+    assert mem.read(DATA + 0x100, 4) == b"pong"
     queue.complete(chain, 3)
     assert d.used(0) == [(head, 3)]
     assert d.reg(v.MMIO_INTERRUPT_STATUS) == v.INT_USED_BUFFER and irq.triggers == 1

@@ -15,6 +15,7 @@ GIC_PHANDLE = 1
 ITS_PHANDLE = 2
 IRQ_TYPE_SPI = 0
 IRQ_TYPE_PPI = 1
+IRQ_EDGE_RISING = 1
 IRQ_LEVEL_HIGH = 4
 
 
@@ -41,7 +42,8 @@ def device_node(placement: Placement) -> fdt.Node:
     props = [fdt.PropStrings("compatible", *identity.compatible),
              fdt.PropWords("reg", *_cells64(placement.base, placement.size))]
     if placement.irq is not None:
-        props.append(fdt.PropWords("interrupts", IRQ_TYPE_SPI, placement.irq, IRQ_LEVEL_HIGH))
+        props.append(fdt.PropWords("interrupts", IRQ_TYPE_SPI, placement.irq,
+                                   IRQ_EDGE_RISING if placement.edge else IRQ_LEVEL_HIGH))
     for name, value in identity.properties:
         props.append(fdt.Property(name) if value is True else fdt.PropWords(name, int(value)))
     return _node(node_path(placement)[1:], *props)

@@ -11,8 +11,10 @@ from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 
 ARCH = "arm64"
+# Edge-triggered SPIs, as kvmtool's: an irqfd without resample pulses them, and nothing wakes the device's worker
+# when the guest EOIs (pyvmm/devices/virtio/interrupt.py).
 VIRTIO_SLOTS = SlotWindow(layout.VIRTIO_MMIO, layout.VIRTIO_MMIO_STRIDE, layout.VIRTIO_MMIO_SLOTS,
-                          layout.VIRTIO_MMIO_FIRST_SPI)
+                          layout.VIRTIO_MMIO_FIRST_SPI, edge=True)
 
 
 def guest_bootargs(user: str, exact: bool) -> str:

@@ -158,38 +158,36 @@ class Block(VirtioDevice):
     def serve_batch(self, index: int, chains: list[Chain]) -> list[int]:
         for chain in chains:  # malformed requests stop the device before any I/O of the batch
             readable, writable = chain.readable, chain.writable
-            if readable and readable[0][1] >= HEADER.size and writable and writable[-1][1]:
+            if readable and len(readable[0]) >= HEADER.size and writable and len(writable[-1]):
                 continue  # Linux's layout: the header and the status byte each in a buffer of their own
             if chain.readable_len < HEADER.size or chain.writable_len < 1:
                 raise VirtqueueError("a block request without its 16-byte header or its status byte")
         if len(chains) < POOL_MIN_BATCH:
-            return [self.serve(index, chain) for chain in chains]
+            serve = self.serve
+            return [serve(index, chain) for chain in chains]
         return list(self._pool.map(self.serve, [index] * len(chains), chains))
 
     def serve(self, index: int, chain: Chain) -> int:
         """Serve one request; returns the number of bytes written into the chain (data + status)."""
-        memory = self.memory
-        view = memory.view
         readable, writable = chain.readable, chain.writable
-        head_gpa, head_len = readable[0]
-        status_gpa, status_len = writable[-1]
-        if head_len == HEADER.size and status_len == 1:
-            # Linux's layout, the hot path: header | data buffers | status byte; one view per data buffer.
-            kind, _, sector = HEADER.unpack(view(head_gpa, HEADER.size))
-            data_out = [view(gpa, length) for gpa, length in readable[1:]]
-            data_in = [view(gpa, length) for gpa, length in writable[:-1]]
+        header, status_byte = readable[0], writable[-1]
+        if len(header) == HEADER.size and len(status_byte) == 1:
+            # Linux's layout, the hot path: header | data buffers | status byte, the walk's views as they are.
+            kind, _, sector = HEADER.unpack(header)
+            data_out = readable[1:]
+            data_in = writable[:-1]
         else:  # any other split is legal too (2.7.4: the device must not assume one)
-            kind, _, sector = HEADER.unpack(read_from(memory, readable, HEADER.size))
-            data_out = views(memory, readable, HEADER.size)
-            data_in = views(memory, writable, 0, chain.writable_len - 1)
-            status_gpa = _status_byte(chain)
+            kind, _, sector = HEADER.unpack(read_from(readable, HEADER.size))
+            data_out = views(readable, HEADER.size)
+            data_in = views(writable, 0, chain.writable_len - 1)
+            status_byte = _status_byte(chain)
         written = 0
         try:
             status, written = self._serve(kind, sector, data_out, data_in, chain)
         except OSError as err:
             log.debug("%s: request %d at sector %d: %s", self.name, kind, sector, err)
             status = S_IOERR
-        view(status_gpa, 1)[0] = status
+        status_byte[0] = status
         return written + 1
 
     def _in_range(self, sector: int, length: int) -> bool:
@@ -198,7 +196,6 @@ class Block(VirtioDevice):
     def _serve(self, kind: int, sector: int, data_out: list[memoryview], data_in: list[memoryview],
                chain: Chain) -> tuple[int, int]:
         """(status, bytes written into the chain before the status byte) of one request."""
-        memory = self.memory
         if kind == T_IN:
             length = sum(map(len, data_in))
             if not self._in_range(sector, length):
@@ -218,7 +215,7 @@ class Block(VirtioDevice):
         data_in_len = sum(map(len, data_in))
         if kind == T_GET_ID:
             ident = self.serial.ljust(ID_BYTES, b"\0")[: min(ID_BYTES, data_in_len)]
-            return S_OK, write_to(memory, chain.writable, ident)
+            return S_OK, write_to(chain.writable, ident)
         if kind in (T_DISCARD, T_WRITE_ZEROES):
             if self.config.read_only or (kind == T_DISCARD and not self.can_discard):
                 return (S_IOERR if self.config.read_only else S_UNSUPP), 0
@@ -226,7 +223,7 @@ class Block(VirtioDevice):
             length = chain.readable_len - HEADER.size
             if not 0 < length <= MAX_SEGMENTS * SEGMENT.size or length % SEGMENT.size:
                 return S_IOERR, 0
-            raw = read_from(memory, chain.readable, HEADER.size + length)[HEADER.size:]
+            raw = read_from(chain.readable, HEADER.size + length)[HEADER.size:]
             for offset in range(0, len(raw), SEGMENT.size):
                 start, count, flags = SEGMENT.unpack_from(raw, offset)
                 if not self._in_range(start, count * SECTOR):
@@ -255,10 +252,10 @@ class Block(VirtioDevice):
             self.fd = -1
 
 
-def _status_byte(chain: Chain) -> int:
-    """The guest address of the status byte: the last byte of the device-writable part (5.2.6), i.e. of its last
-    non-empty buffer (a zero-length descriptor may end the chain). serve_batch made sure there is one."""
-    for gpa, length in reversed(chain.writable):
-        if length:
-            return gpa + length - 1
+def _status_byte(chain: Chain) -> memoryview:
+    """The status byte: the last byte of the device-writable part (5.2.6), i.e. of its last non-empty buffer (a
+    zero-length descriptor may end the chain). serve_batch made sure there is one."""
+    for buffer in reversed(chain.writable):
+        if len(buffer):
+            return buffer[len(buffer) - 1 :]
     raise VirtqueueError("a block request without its status byte")

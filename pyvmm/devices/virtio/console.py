@@ -64,7 +64,7 @@ class Console(VirtioDevice):
 
     def serve(self, index: int, chain: Chain) -> int:
         """A transmitq chain: the guest's output."""
-        data = read_from(self.memory, chain.readable, TX_LIMIT)
+        data = read_from(chain.readable, TX_LIMIT)
         if data:
             self.output(data)
         return 0
@@ -89,7 +89,7 @@ class Console(VirtioDevice):
                 if rest:
                     self._input.appendleft(rest)
                     self._input_size = len(rest)
-            queue.complete(chain, write_to(self.memory, chain.writable, taken))
+            queue.complete(chain, write_to(chain.writable, taken))
 
     def close(self) -> None:
         if self.input_fd >= 0:

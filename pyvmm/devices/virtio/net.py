@@ -15,7 +15,7 @@ from pyvmm.devices.virtio.config import NetConfig
 from pyvmm.devices.virtio.constants import ID_NET
 from pyvmm.devices.virtio.device import HostFds, Interrupt, Queue, VirtioDevice
 from pyvmm.devices.virtio.tap import NUM_BUFFERS_OFFSET, VNET_HDR_SIZE, Tap
-from pyvmm.devices.virtio.virtqueue import Chain, Memory, VirtqueueError, views, write_to
+from pyvmm.devices.virtio.virtqueue import Chain, Memory, VirtqueueError, write_to
 from pyvmm_bindings import constants as c
 
 RX, TX = 0, 1
@@ -72,7 +72,7 @@ class Net(VirtioDevice):
     def serve(self, index: int, chain: Chain) -> int:
         """A transmitq chain: one frame (vnet header first) for the TAP."""
         try:
-            os.writev(self.tap.fd, views(self.memory, chain.readable))
+            os.writev(self.tap.fd, chain.readable)
         except OSError:
             pass  # TAP queue full or interface down: dropped, as a wire would
         return 0
@@ -97,12 +97,12 @@ class Net(VirtioDevice):
                 self._rx_chain = (queue, taken)
             chain = self._rx_chain[1]
             try:
-                size = os.readv(self.tap.fd, views(self.memory, chain.writable))
+                size = os.readv(self.tap.fd, chain.writable)
             except BlockingIOError:
                 break
             self._rx_chain = None
             # num_buffers follows the fields the TAP fills; it is 1 since MRG_RXBUF is not offered
-            write_to(self.memory, chain.writable, b"\x01\x00", skip=NUM_BUFFERS_OFFSET)
+            write_to(chain.writable, b"\x01\x00", skip=NUM_BUFFERS_OFFSET)
             done.append((chain, size))
         queue.complete_batch(done)
 

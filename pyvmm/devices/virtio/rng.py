@@ -22,4 +22,4 @@ class Rng(VirtioDevice):
 
     def serve(self, index: int, chain: Chain) -> int:
         wanted = min(chain.writable_len, MAX_PER_REQUEST)
-        return write_to(self.memory, chain.writable, os.getrandom(wanted))
+        return write_to(chain.writable, os.getrandom(wanted))

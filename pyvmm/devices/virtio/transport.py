@@ -7,10 +7,11 @@ updates and ring bookkeeping, never across host I/O, so a vCPU never waits for a
 `generation`, which retires every handle of the previous activation, and disabling a queue bumps its epoch, so
 completions of requests taken before either are dropped instead of landing in a re-initialised ring.
 
-Interrupts are level-triggered SPIs. The InterruptStatus bit is set before the interrupt is signalled, and the line
-follows the register: with irqfd + resamplefd (the default where KVM_CAP_IRQFD_RESAMPLE exists) KVM lowers the line
-when the guest EOIs it and tells the worker, which re-asserts it if InterruptStatus is still non-zero; with
-KVM_IRQ_LINE the line is raised with the first bit and lowered when InterruptACK clears the last.
+Interrupts (pyvmm/devices/virtio/interrupt.py): the InterruptStatus bit is set before the interrupt is signalled,
+and InterruptACK clears it here. An edge line (arm64) is pulsed on every signal and needs nothing else. A level line
+(x86_64) follows the register: with irqfd + resamplefd KVM lowers it when the guest EOIs and tells the worker, which
+re-asserts it if InterruptStatus is still non-zero (`resample`); with KVM_IRQ_LINE it is raised with the first bit
+and lowered when InterruptACK clears the last.
 """
 
 from __future__ import annotations
@@ -34,15 +35,16 @@ TRANSPORT_FEATURES = (1 << v.F_VERSION_1) | (1 << v.F_RING_INDIRECT_DESC) | (1 <
 
 
 class InterruptLine(Protocol):
-    """The device's interrupt line (pyvmm/devices/virtio/interrupt.py): level-triggered, follows InterruptStatus."""
+    """The device's interrupt line (pyvmm/devices/virtio/interrupt.py): edge (pulsed) or level (follows
+    InterruptStatus)."""
 
-    resample_fd: int | None  # signalled when the guest EOIs the line (irqfd resample), None without resampling
+    resample_fd: int | None  # signalled when the guest EOIs a level line (irqfd resample), else None
 
     def trigger(self) -> None:
-        """InterruptStatus has a bit set: make sure the guest sees the line asserted."""
+        """InterruptStatus has a bit set: pulse an edge line, make sure a level line is asserted."""
 
     def lower(self) -> None:
-        """InterruptStatus became zero through InterruptACK."""
+        """InterruptStatus became zero through InterruptACK (a level line goes down)."""
 
 
 class WarningLimit:
@@ -117,9 +119,13 @@ class MmioTransport:
             self._host_fds.watch(fd, callback)
 
     def notify(self, index: int) -> None:
-        """Worker thread: the driver kicked queue `index`. Ignored until the device is activated."""
-        if self.running:
-            self.guarded(f"queue {index}", self.device.notify, index)
+        """Worker thread: the driver kicked queue `index`. Ignored until the device is activated. Every request
+        comes through here: `guarded` inlined, its message formatted only on an error."""
+        if self.status & v.STATUS_DRIVER_OK and self.broken is None:
+            try:
+                self.device.notify(index)
+            except Exception as err:
+                self._failed(f"queue {index}", err)
 
     # -- negotiated state ---------------------------------------------------------------------------------------
     def negotiated(self, bit: int) -> bool:
@@ -291,12 +297,17 @@ class MmioTransport:
         """Run device work on the worker; a malformed guest buffer or a bug stops this device only, never pyvmm."""
         try:
             action(*args)
-        except (VirtqueueError, GuestMemoryError) as err:
+        except Exception as err:
+            self._failed(what, err)
+
+    def _failed(self, what: str, err: Exception) -> None:
+        if isinstance(err, (VirtqueueError, GuestMemoryError)):
             self.fail(f"{what}: {err}")
-        except Exception as err:  # a bug in a device must not take the VM down: park the device, say why
-            if self.warnings.allow():
-                log.exception("%s: %s failed", self.name, what)
-            self.fail(f"{what}: internal error {type(err).__name__}: {err}")
+            return
+        # a bug in a device must not take the VM down: park the device, say why
+        if self.warnings.allow():
+            log.error("%s: %s failed", self.name, what, exc_info=err)
+        self.fail(f"{what}: internal error {type(err).__name__}: {err}")
 
     # -- the device side (worker thread, through the handles) ---------------------------------------------------
     def config_changed(self) -> None:

@@ -2,7 +2,9 @@
 
 Everything in a ring is guest-controlled, so every step is checked: ring addresses and sizes when the queue is made
 ready, the available index against the queue size, each head and `next` index against the queue size, every
-buffer's [addr, addr + len) through `GuestMemory` (which raises GuestMemoryError outside RAM), chains bounded by
+buffer's [addr, addr + len) against the RAM region it must lie in whole (`GuestMemory.region_at`; a buffer or table
+outside RAM or across two regions is refused), after which the chain carries it as a memoryview of that region, so
+a device does no look-up of its own (and cannot reach outside what was checked); chains bounded by
 the queue's maximum size, indirect tables included (so one chain costs at most that many descriptors), nested
 indirect tables and readable-after-writable buffers refused. The three ring areas are checked once when the queue
 is made ready and then accessed through views of guest RAM cast to their 16/32-bit fields (they cannot move while
@@ -11,8 +13,10 @@ Any violation raises `VirtqueueError`, the one error a device sees; the transpor
 DEVICE_NEEDS_RESET for that device only.
 
 Memory ordering: the guest reads the used ring on another CPU, so the used element must be visible before the used
-index. CPython cannot emit a barrier itself; `_Fence` releases and re-acquires a lock, i.e. a store-release followed
-by a load-acquire (STLR/LDAR or CASL/CASA on arm64), which ARMv8 orders like a full barrier (RCsc).
+index. CPython cannot emit a barrier itself; a fence here releases and re-acquires a lock that is otherwise always
+held (`_fence_release()` then `_fence_acquire()`, two C calls inline: every request passes four fences), i.e. a
+store-release followed by a load-acquire (STLR/LDAR or CASL/CASA on arm64), which ARMv8 orders like a full barrier
+(RCsc).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import struct
 import sys
 import threading
-from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
 from pyvmm.devices.virtio.constants import (
@@ -37,7 +40,7 @@ class Memory(Protocol):
 
     def view(self, gpa: int, length: int) -> memoryview: ...
 
-    def contains(self, gpa: int, length: int) -> bool: ...
+    def region_at(self, gpa: int) -> tuple[int, memoryview]: ...
 
     def read_int(self, gpa: int, size: int) -> int: ...
 
@@ -48,50 +51,43 @@ class VirtqueueError(Exception):
     """The driver put something malformed in a queue: the device must stop and ask for a reset."""
 
 
-class _Fence:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-
-    def __call__(self) -> None:
-        self._lock.release()
-        self._lock.acquire()
-
-
-@dataclass
 class Chain:
-    """One descriptor chain: the head index to return, and its device-readable then device-writable buffers."""
+    """One descriptor chain: the head index to return, and its device-readable then device-writable buffers as
+    views of guest RAM (each checked against RAM when the chain was taken: a device does no address look-up)."""
 
-    head: int
-    readable: list[tuple[int, int]] = field(default_factory=list)  # (gpa, length)
-    writable: list[tuple[int, int]] = field(default_factory=list)
-    epoch: int = 0  # the queue's epoch when taken: a chain from a ring since disabled is never returned
+    __slots__ = ("head", "readable", "writable", "epoch")
+
+    def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview], epoch: int = 0) -> None:
+        self.head = head
+        self.readable = readable
+        self.writable = writable
+        self.epoch = epoch  # the queue's epoch when taken: a chain from a ring since disabled is never returned
 
     @property
     def readable_len(self) -> int:
-        return sum(length for _, length in self.readable)
+        return sum(map(len, self.readable))
 
     @property
     def writable_len(self) -> int:
-        return sum(length for _, length in self.writable)
+        return sum(map(len, self.writable))
 
 
-def read_from(memory: Memory, buffers: list[tuple[int, int]], limit: int) -> bytes:
+def read_from(buffers: list[memoryview], limit: int) -> bytes:
     """Up to `limit` bytes gathered from the buffers, in order."""
     out = bytearray()
-    for gpa, length in buffers:
+    for buffer in buffers:
         if len(out) >= limit:
             break
-        take = min(length, limit - len(out))
-        out += memory.view(gpa, take)
+        out += buffer[: limit - len(out)]
     return bytes(out)
 
 
-def views(memory: Memory, buffers: list[tuple[int, int]], skip: int = 0, limit: int | None = None) -> list[memoryview]:
-    """Memoryviews of guest RAM covering the buffers, skipping the first `skip` bytes, at most `limit` bytes."""
+def views(buffers: list[memoryview], skip: int = 0, limit: int | None = None) -> list[memoryview]:
+    """The buffers without their first `skip` bytes, at most `limit` bytes (views, no copies)."""
     out: list[memoryview] = []
     remaining = limit
-    for gpa, length in buffers:
+    for buffer in buffers:
+        length = len(buffer)
         if skip >= length:
             skip -= length
             continue
@@ -100,17 +96,17 @@ def views(memory: Memory, buffers: list[tuple[int, int]], skip: int = 0, limit: 
             take = min(take, remaining)
             remaining -= take
         if take > 0:
-            out.append(memory.view(gpa + skip, take))
+            out.append(buffer[skip : skip + take])
         skip = 0
         if remaining == 0:
             break
     return out
 
 
-def write_to(memory: Memory, buffers: list[tuple[int, int]], data: bytes | memoryview, skip: int = 0) -> int:
+def write_to(buffers: list[memoryview], data: bytes | memoryview, skip: int = 0) -> int:
     """Scatter `data` into the buffers from byte `skip`; returns how many bytes fitted."""
     done = 0
-    for view in views(memory, buffers, skip, len(data)):
+    for view in views(buffers, skip, len(data)):
         view[:] = data[done : done + len(view)]
         done += len(view)
     return done
@@ -122,7 +118,9 @@ class Virtqueue:
     def __init__(self, memory: Memory, max_size: int) -> None:
         self.memory = memory
         self.max_size = max_size
-        self._fence = _Fence()
+        fence = threading.Lock()
+        fence.acquire()  # held: a fence is its release and re-acquisition
+        self._fence_release, self._fence_acquire = fence.release, fence.acquire
         self.epoch = 0
         self.reset()
 
@@ -139,6 +137,8 @@ class Virtqueue:
         self.signalled_used = 0  # used index at the last interrupt (EVENT_IDX suppression)
         self._descs = self._avail = self._used_head = self._used_ring = _EMPTY  # views of the rings when ready
         self._avail_event: memoryview | None = None
+        self._ram = _NO_REGION  # (guest address, view) of the RAM region the last buffer was in
+        self._unchecked = False  # the last avail_event store has not been followed by a look at the index
 
     def disable(self) -> None:
         """QueueReady = 0 or a reset: chains taken from this ring so far must not come back into it (the driver
@@ -188,11 +188,13 @@ class Virtqueue:
         chains: list[Chain] = []
         if not self.ready:
             return chains
-        ring, size, walk, fence = self._avail, self.size, self._walk, self._fence
-        stored = self._avail_event is not None  # a store of an earlier take may not have been re-checked yet
+        ring, size, walk = self._avail, self.size, self._walk
+        release, acquire = self._fence_release, self._fence_acquire
+        stored = self._unchecked  # an earlier take stopped at its limit right after its avail_event store
         while len(chains) < limit:
             if stored:
-                fence()  # our avail_event store before this load: else a chain added meanwhile could go unkicked
+                release()  # fence: our avail_event store before this load, else a chain added meanwhile could
+                acquire()  # go unkicked
             avail_idx = ring[1]
             count = (avail_idx - self.last_avail) & 0xFFFF
             if count > size:
@@ -200,7 +202,8 @@ class Virtqueue:
                                      f"size {size}")
             if count == 0:
                 break
-            fence()  # the ring entries must be read after the index that published them
+            release()  # fence: the ring entries must be read after the index that published them
+            acquire()
             last = self.last_avail
             for _ in range(min(count, limit - len(chains))):
                 chains.append(walk(ring[2 + last % size]))
@@ -209,21 +212,19 @@ class Virtqueue:
             if self._avail_event is not None:
                 self._avail_event[0] = last  # avail_event: notify me when you add past what I took
                 stored = True
+        self._unchecked = stored and len(chains) == limit  # else the loop's last look came after the store
         return chains
 
-    def _table(self, addr: int, entries: int, what: str) -> memoryview:
-        try:
-            return self.memory.view(addr, 16 * entries)
-        except GuestMemoryError as err:
-            raise VirtqueueError(f"{what}: {err}") from None
-
     def _walk(self, head: int) -> Chain:
-        # Hot path (one pass per request): one view per descriptor table, bounds checks without creating views.
+        # Hot path (one pass per request): one view per descriptor table; each buffer is cut out of the view of the
+        # RAM region the previous one was in after a bounds check here (a slice would silently come out short),
+        # and the region is looked up only when a buffer is outside it. The device gets these views as they are.
         if head >= self.size:
             raise VirtqueueError(f"head index {head} is outside the queue of {self.size}")
-        chain = Chain(head, epoch=self.epoch)
-        readable, writable = chain.readable, chain.writable
-        contains = self.memory.contains
+        readable: list[memoryview] = []
+        writable: list[memoryview] = []
+        base, ram = self._ram
+        end = len(ram)
         unpack = DESC.unpack_from
         table_size, index = self.size, head
         table = self._descs
@@ -254,21 +255,39 @@ class Virtqueue:
                                          f"16..{16 * self.max_size} (a chain is at most the queue size)")
                 budget += 1  # the descriptor pointing at the table is not part of the chain
                 table_size, index, seen, in_indirect = length // 16, 0, 0, True
-                table = self._table(addr, table_size, "indirect table")
+                start = addr - base
+                if start < 0 or start + length > end:
+                    base, ram = self._region(addr, length, "indirect table")
+                    end, start = len(ram), addr - base
+                table = ram[start : start + length]
                 continue
-            if not contains(addr, length):
-                raise VirtqueueError(f"descriptor {index}: buffer {addr:#x}+{length:#x} is outside guest RAM")
+            start = addr - base
+            if start < 0 or start + length > end:
+                base, ram = self._region(addr, length, f"descriptor {index}: buffer")
+                end, start = len(ram), addr - base
+            buffer = ram[start : start + length]
             if flags & DESC_F_WRITE:
-                writable.append((addr, length))
+                writable.append(buffer)
             elif writable:
                 raise VirtqueueError("a device-readable buffer follows a device-writable one")
             else:
-                readable.append((addr, length))
+                readable.append(buffer)
             if not flags & DESC_F_NEXT:
-                return chain
+                return Chain(head, readable, writable, self.epoch)
             if nxt >= table_size:
                 raise VirtqueueError(f"next index {nxt} is outside its table of {table_size}")
             index = nxt
+
+    def _region(self, addr: int, length: int, what: str) -> tuple[int, memoryview]:
+        """The region holding all of [addr, addr + length) (kept for the next buffers), else VirtqueueError."""
+        try:
+            base, ram = self.memory.region_at(addr)
+        except GuestMemoryError:
+            base, ram = _NO_REGION
+        if not (0 <= addr - base and addr - base + length <= len(ram)):
+            raise VirtqueueError(f"{what} {addr:#x}+{length:#x} is outside guest RAM")
+        self._ram = (base, ram)
+        return base, ram
 
     # -- the used ring ------------------------------------------------------------------------------------------
     def push(self, chain: Chain, written: int) -> bool:
@@ -291,14 +310,16 @@ class Virtqueue:
             idx = (idx + 1) & 0xFFFF
         if idx == self.used_idx:
             return False
-        self._fence()  # the elements before the index
+        self._fence_release()  # fence: the elements before the index
+        self._fence_acquire()
         self.used_idx = idx
         self._used_head[1] = idx
         return True
 
     def needs_interrupt(self) -> bool:
         """After pushes: whether the driver asked to be interrupted for them (EVENT_IDX or NO_INTERRUPT)."""
-        self._fence()  # the used index must be visible before reading the driver's suppression fields
+        self._fence_release()  # fence: the used index must be visible before the driver's suppression fields
+        self._fence_acquire()  # are read
         old, new = self.signalled_used, self.used_idx
         if old == new:
             return False
@@ -310,6 +331,7 @@ class Virtqueue:
 
 
 _EMPTY = memoryview(b"")
+_NO_REGION = (1 << 64, _EMPTY)  # above any descriptor address: every buffer's start is negative from it
 
 
 def _le(view: memoryview, fmt: str) -> memoryview:

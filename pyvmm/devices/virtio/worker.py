@@ -1,11 +1,12 @@
-"""One event loop thread per virtio device: queue notifications (ioeventfd), interrupt resamples and the device's
-own file descriptors (a TAP) in, completions and interrupts (irqfd) out. No vCPU thread ever waits on device I/O.
+"""One event loop thread per virtio device: queue notifications (ioeventfd), interrupt resamples (a level line's
+resamplefd, x86_64) and the device's own file descriptors (a TAP) in, completions and interrupts (irqfd) out. No vCPU thread ever waits on device I/O.
 
 Callbacks run on the worker thread only; `watch`/`unwatch` may be called from callbacks (the selector is not
 shared with other threads). `close()` may be called from any thread.
 
-The loop is epoll and a dict of callbacks, not `selectors`: every request wakes it at least twice (the kick, the
-interrupt's resample), and `selectors.select` builds a key object list in Python on each wake-up.
+The loop is epoll and a dict of callbacks, not `selectors`: every request wakes it at least once (the kick; on
+x86_64 the level interrupt's resample too), and `selectors.select` builds a key object list in Python on each
+wake-up.
 """
 
 from __future__ import annotations
