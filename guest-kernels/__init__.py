@@ -7,8 +7,8 @@ which arguments it reads is described in docs/MACHINES.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 __all__ = ["ARCHES", "NAMES", "GUESTS", "Guest", "names", "path", "resolve"]
 
@@ -22,8 +22,7 @@ ARCHES: tuple[str, ...] = tuple(_SUFFIX)
 NAMES: tuple[str, ...] = ("hello", "exits", "idle", "hostile")
 
 
-@dataclass(frozen=True)
-class Guest:
+class Guest(NamedTuple):
     """What a bundled guest does and the arguments it reads (`--guest-arg`, in order; 0 = the default)."""
 
     name: str

@@ -4,13 +4,12 @@ final exit status decided from it by `final_status`."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyvmm.errors import ExitStatus
 
 
-@dataclass(frozen=True)
-class VmOutcome:
+class VmOutcome(NamedTuple):
     status: int  # the process exit status `pyvmm run` ends with
     reason: str  # one line for the user
     error: bool = False  # print the reason as an error (stderr) rather than a notice
@@ -44,8 +43,7 @@ class StopLatch:
         return self._event.wait(timeout)
 
 
-@dataclass(frozen=True)
-class ConsoleVerdict:
+class ConsoleVerdict(NamedTuple):
     """What the console checks and `-- CMD` saw (pyvmm.vmm.checks), for final_status."""
 
     expect: str | None = None  # the --expect pattern, when one was given
@@ -57,8 +55,7 @@ class ConsoleVerdict:
     failed: str | None = None
 
 
-@dataclass(frozen=True)
-class FinalStatus:
+class FinalStatus(NamedTuple):
     status: int  # the process exit status
     note: str | None = None  # one line for the user when the status is not the outcome's own
     error: bool = False

@@ -13,8 +13,8 @@ import os
 import re
 import socket
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pyvmm.errors import MissingFileError, UsageError
 
@@ -105,8 +105,7 @@ def resolve(target: str) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class ProcessClock:
+class ProcessClock(NamedTuple):
     """How long a process has run, from /proc (the VM's uptime as `pyvmm list` shows it)."""
 
     pid: int

@@ -17,10 +17,8 @@ import socket
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pyvmm.api.protocol import MAX_LINE, RequestError, decode, dispatch, encode
 from pyvmm.errors import UsageError
 
 if TYPE_CHECKING:
@@ -34,13 +32,13 @@ MAX_UNSENT = 1 << 20
 MAX_PATH_BYTES = 107
 
 
-@dataclass(eq=False)
 class _Connection:
-    sock: socket.socket
-    last_heard: float
-    received: bytearray = field(default_factory=bytearray)
-    unsent: bytearray = field(default_factory=bytearray)
-    closing: bool = False  # close once the unsent replies are out
+    def __init__(self, sock: socket.socket, last_heard: float) -> None:
+        self.sock = sock
+        self.last_heard = last_heard
+        self.received = bytearray()
+        self.unsent = bytearray()
+        self.closing = False  # close once the unsent replies are out
 
 
 def _log():
@@ -195,6 +193,10 @@ class ControlServer:
             self._set_accepting()
 
     def _receive(self, conn: _Connection) -> None:
+        # The protocol (and json) is imported here, with the first client, on this thread: a VM nobody talks to
+        # never loads it, and the vCPUs are already running when one does.
+        from pyvmm.api.protocol import MAX_LINE, encode
+
         try:
             chunk = conn.sock.recv(MAX_LINE + 1)
         except (BlockingIOError, InterruptedError):
@@ -224,6 +226,8 @@ class ControlServer:
         self._send(conn)
 
     def _answer(self, line: bytes) -> dict:
+        from pyvmm.api.protocol import RequestError, decode, dispatch
+
         try:
             return dispatch(decode(line), self.controller, self.vmm)
         except RequestError as err:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.manager import DeviceManager
@@ -20,8 +19,7 @@ if TYPE_CHECKING:
     from pyvmm.outcome import VmOutcome
 
 
-@dataclass
-class MachineContext:
+class MachineContext(NamedTuple):
     spec: VmSpec
     kvm: Kvm
     console_output: Callable[[bytes], None]
@@ -30,8 +28,7 @@ class MachineContext:
     before_vcpus: Callable[[Vm], None] = lambda vm: None
 
 
-@dataclass(frozen=True)
-class ArchExits:
+class ArchExits(NamedTuple):
     """The exits only this architecture has, for one vCPU (Firecracker's `run_arch_emulation`): the vCPU loop hands
     every exit whose reason is in `reasons` to `handle`, which returns None to go on or how the VM ended.
 
@@ -44,8 +41,7 @@ class ArchExits:
     port_bus: Bus | None = None
 
 
-@dataclass
-class Machine:
+class Machine(NamedTuple):
     arch: str
     vm: Vm
     vcpus: list[Vcpu]
@@ -53,8 +49,8 @@ class Machine:
     arch_exits: Callable[[Vcpu], ArchExits]  # the per-vCPU handler of this arch's own exits
     uart: Serial16550
     testdev: TestDevice
+    description: dict  # what was loaded where, for --debug and the docs
     dtb: bytes | None = None
-    description: dict = field(default_factory=dict)  # what was loaded where, for --debug and the docs
     console_input: Callable[[bytes], None] | None = None  # where typed input goes; None: the UART
 
     def close(self) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 
 import click
 
@@ -31,6 +30,8 @@ def run_cli(command: click.Command, argv: list[str] | None = None) -> int:
         result = command.main(args=args, prog_name="pyvmm", standalone_mode=False)
     except PyvmmError as err:
         if debug_enabled(args):
+            import traceback  # only here: it costs start-up time
+
             traceback.print_exc()
         print(f"pyvmm: error: {err}", file=sys.stderr)
         return err.exit_status

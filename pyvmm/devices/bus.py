@@ -9,8 +9,7 @@ placement it was computed from.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 # Bounds on the caches: a guest sweeping addresses must not grow them without limit.
 FIND_CACHE_LIMIT = 65536
@@ -31,8 +30,7 @@ class BusConflictError(ValueError):
     """Two devices claimed overlapping ranges: a bug in the machine description, caught at registration."""
 
 
-@dataclass(frozen=True)
-class BusRange:
+class BusRange(NamedTuple):
     base: int
     size: int
     device: Device

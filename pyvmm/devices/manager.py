@@ -15,9 +15,8 @@ devices before the VM's memory goes away.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from pyvmm.devices.bus import Bus, Device
 from pyvmm.devices.placement import BUS_MMIO, BUS_PIO, GuestIdentity, Placement
@@ -41,8 +40,7 @@ if TYPE_CHECKING:
 VIRTIO_MMIO = GuestIdentity("virtio_mmio", ("virtio,mmio",), (("dma-coherent", True),))
 
 
-@dataclass(frozen=True)
-class SlotWindow:
+class SlotWindow(NamedTuple):
     """The arch layout's run of virtio-mmio slots, each with its own interrupt."""
 
     base: int
@@ -52,8 +50,7 @@ class SlotWindow:
     edge: bool = False  # edge-triggered interrupts (arm64: EDGE_RISING in the DT); else level (x86_64's IOAPIC pins)
 
 
-@dataclass
-class VirtioSlot:
+class VirtioSlot(NamedTuple):
     placement: Placement
     device: VirtioDevice
     transport: MmioTransport

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 BUS_MMIO = "mmio"
 BUS_PIO = "pio"
 
 
-@dataclass(frozen=True)
-class GuestIdentity:
+class GuestIdentity(NamedTuple):
     """A device's self-description: its device-tree node name, compatible strings and extra properties (a
     property whose value is True is an empty marker such as `dma-coherent`)."""
 
@@ -19,8 +18,7 @@ class GuestIdentity:
     properties: tuple[tuple[str, int | bool], ...] = ()
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(NamedTuple):
     identity: GuestIdentity
     bus: str  # BUS_MMIO or BUS_PIO
     base: int

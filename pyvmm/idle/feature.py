@@ -4,7 +4,6 @@ report, configured by an IdleSpec. pyvmm.vmm.runner subscribes it and closes it 
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from pyvmm.idle.control import IdleController, warn_on_stderr
@@ -94,6 +93,8 @@ class IdleFeature:
     def write_report(self, outcome: VmOutcome) -> dict:
         report = self.report(outcome)
         if self.spec.stats_json is not None:
+            import json
+
             with open(self.spec.stats_json, "w") as f:
                 json.dump(report, f, indent=2, default=str)
                 f.write("\n")

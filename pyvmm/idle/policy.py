@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from pyvmm.errors import UsageError
 
@@ -158,8 +158,7 @@ class IdlePolicy:
         )
 
 
-@dataclass(frozen=True)
-class IdleChange:
+class IdleChange(NamedTuple):
     """A change to a running VM; None fields are left alone.
 
     wfx_passthrough / idle_exits are the full desired sets (so clearing can be detected).

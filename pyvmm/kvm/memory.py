@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import bisect
 import mmap
-from dataclasses import dataclass, field
 from typing import NoReturn
 
 from pyvmm.errors import GuestMemoryError, HostResourceError
 
 
-@dataclass
 class MemoryRegion:
-    slot: int
-    guest_phys: int
-    size: int
-    mapping: mmap.mmap
-    view: memoryview = field(init=False, repr=False)
-    _host_base: int | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.view = memoryview(self.mapping)
+    def __init__(self, slot: int, guest_phys: int, size: int, mapping: mmap.mmap) -> None:
+        self.slot = slot
+        self.guest_phys = guest_phys
+        self.size = size
+        self.mapping = mapping
+        self.view = memoryview(mapping)
+        self._host_base: int | None = None
 
     @property
     def host_base(self) -> int:

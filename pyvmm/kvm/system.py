@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import grp
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from pyvmm.errors import KvmPermissionError, KvmUnavailableError
@@ -48,12 +47,12 @@ def permission_advice(path: str) -> str:
             f"the kvm group")
 
 
-@dataclass
 class Kvm:
     """An open /dev/kvm. Close it (or use `with`) when done."""
 
-    fd: int
-    path: str = DEFAULT_DEVICE
+    def __init__(self, fd: int, path: str = DEFAULT_DEVICE) -> None:
+        self.fd = fd
+        self.path = path
 
     @classmethod
     def open(cls, path: str | None = None) -> "Kvm":

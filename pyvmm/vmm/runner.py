@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol, Sequence, TypeVar
 
 from pyvmm.arch.machine import Machine
 from pyvmm.errors import MissingFileError
@@ -45,8 +44,7 @@ class _HasClose(Protocol):
 Closable = TypeVar("Closable", bound=_HasClose)
 
 
-@dataclass(frozen=True)
-class RunResult:
+class RunResult(NamedTuple):
     outcome: VmOutcome  # how the VM ended
     final: FinalStatus  # the exit status decided from it, with a note when the features changed it
     report: dict | None  # the idle report when the spec asks for one (--stats-json, or `measure` for bench)

@@ -16,7 +16,6 @@ import errno
 import os
 import signal
 import threading
-import traceback
 from typing import TYPE_CHECKING
 
 from pyvmm_bindings import constants as c
@@ -103,7 +102,8 @@ class VcpuThread(threading.Thread):
         try:
             self._loop()
         except Exception as err:  # a bug or a device failure: stop the VM and say where, never die silently
-            import logging  # only on this rare path: logging costs start-up time
+            import logging  # only on this rare path: logging and traceback cost start-up time
+            import traceback
 
             logging.getLogger(__name__).debug("vCPU %d crashed", self.vcpu.index, exc_info=True)
             detail = "".join(traceback.format_exception_only(type(err), err)).strip()
