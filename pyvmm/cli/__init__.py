@@ -7,6 +7,7 @@ import sys
 import click
 
 from pyvmm import __version__
+from pyvmm.cli import collector
 from pyvmm.cli.helpfmt import ReferenceGroup
 
 
@@ -35,6 +36,8 @@ class LazyGroup(ReferenceGroup):
         import importlib
 
         module = importlib.import_module(target[0])
+        if name != "run":  # run resumes it once its vCPUs run (pyvmm.cli.collector)
+            collector.resume()
         return getattr(module, target[1])
 
 

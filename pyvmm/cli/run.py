@@ -110,6 +110,7 @@ def run(kernel: Path | None, initrd: Path | None, cmdline: str, memory: int, cpu
         logging.basicConfig(level=logging.DEBUG if debug else getattr(logging, loglevel.upper()), stream=sys.stderr,
                             format="pyvmm: %(name)s: %(message)s")
     from pyvmm.api import registry
+    from pyvmm.cli.collector import CollectorOnceStarted
     from pyvmm.vmm.runner import run_vm
 
     name = registry.check_name(name) if name else registry.generated_name()
@@ -124,7 +125,7 @@ def run(kernel: Path | None, initrd: Path | None, cmdline: str, memory: int, cpu
                       dump_dtb=dump_dtb,
                       console_log=console_log, stdin=not no_stdin, debug=debug,
                       options=RunOptions.from_mapping(options))
-    result = run_vm(spec)
+    result = run_vm(spec, extra=[CollectorOnceStarted()])
     outcome, final = result.outcome, result.final
     if final.note is not None:
         click.echo(f"pyvmm: {'error: ' if final.error else ''}{final.note}", err=True)
