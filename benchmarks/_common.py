@@ -199,4 +199,4 @@ def editable_note(pyvmm: str) -> str | None:
         return None
     return ("note: pyvmm is an editable install (pip install -e): setuptools' editable finder "
             "(__editable___pyvmm_*_finder, imported by a .pth at every start) costs a bare interpreter ~10 ms, but "
-            "`pyvmm run` imports most of what it imports anyway (about 0.5% more instructions than a regular install)")
+            "`pyvmm run` imports most of what it imports anyway (about 1% more instructions than a regular install)")
