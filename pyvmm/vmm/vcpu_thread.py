@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from pyvmm_bindings import constants as c
 
 from pyvmm.errors import ExitStatus
-from pyvmm.kvm.vcpu import MMIO_DATA_OFFSET, PACK_VALUE, UNPACK_VALUE, VALUE_MASK
+from pyvmm.kvm.vcpu import MMIO_DATA_OFFSET, PACK_VALUE, PIO_DATA_OFFSET, UNPACK_VALUE, VALUE_MASK
 from pyvmm.outcome import StopLatch, VmOutcome
 
 if TYPE_CHECKING:
@@ -117,9 +117,9 @@ class VcpuThread(threading.Thread):
         # out in full (a call per exit into a helper would cost a Python frame).
         vcpu = self.vcpu
         page = vcpu.page
-        enter = vcpu.enter
+        kvm_run, fd, KVM_RUN = vcpu.kvm_run
         buffer = page.buffer
-        mmio_exit = page.mmio_exit
+        unpack_mmio, mmio_view = page.mmio_record
         complete_read = page.complete_mmio_read
         mmio_read = self.mmio_bus.read
         mmio_write = self.mmio_bus.write
@@ -127,11 +127,12 @@ class VcpuThread(threading.Thread):
         mmio_reads = self.mmio_bus.read_cache
         pack_value = PACK_VALUE
         DATA = MMIO_DATA_OFFSET
+        PIO_DATA = PIO_DATA_OFFSET
         port_bus = self.arch_exits.port_bus
         # One unpack per exit reads the reason with the record of the arch's usual exit (port I/O on x86, where MMIO
         # then costs a second unpack; MMIO elsewhere).
-        read_exit = page.io_exit if port_bus is not None else mmio_exit
-        record_is_mmio = port_bus is None
+        record_is_mmio = port_bus is None or page.io_record is None
+        unpack_exit, exit_view = page.mmio_record if record_is_mmio else page.io_record
         unpack_value = UNPACK_VALUE
         arch_reasons = self.arch_exits.reasons
         arch_exit = self.arch_exits.handle
@@ -150,36 +151,41 @@ class VcpuThread(threading.Thread):
             if outcome is not None or self._stop_requested:
                 break
             try:
-                enter()
+                kvm_run(fd, KVM_RUN)
             except OSError as err:
                 if self._run_failed(err.errno):
                     break
                 continue
-            record = read_exit()
+            record = unpack_exit(exit_view)
             reason = record[0]
             if reason == EXIT_MMIO:
-                _, addr, data, length, is_write = record if record_is_mmio else mmio_exit()
+                _, addr, data, length, is_write = record if record_is_mmio else unpack_mmio(mmio_view)
                 if is_write:
-                    if (target := mmio_writes.get(addr * 16 + length)) is not None:
-                        target[0](target[1], length, data & mask[length])
-                    else:
+                    try:
+                        target = mmio_writes[addr * 16 + length]
+                    except KeyError:  # the first write of this address and size
                         mmio_write(addr, length, data & mask[length])
+                    else:
+                        target[0](target[1], length, data & mask[length])
                 elif (target := mmio_reads.get(addr * 16 + length)) is not None:  # only 1/2/4/8-byte reads
                     pack_value[length](buffer, DATA, target[0](target[1], length) & mask[length])
                 else:
                     complete_read(length, mmio_read(addr, length))
             elif reason == EXIT_IO:
-                _, direction, size, port, count, at = record
+                _, direction, size, port, count, at, data = record
                 if direction == IO_OUT and count == 1:
-                    if (target := port_writes.get(port * 16 + size)) is not None:
-                        target[0](target[1], size, unpack_value[size](buffer, at)[0])
-                    else:
-                        port_write(port, size, unpack_value[size](buffer, at)[0])
-                elif direction == IO_OUT:  # rep outs
-                    for value in page.io_out_values(size, count, at):
+                    # KVM puts the data at PIO_DATA: the record holds it; an older or other layout gets an unpack
+                    value = data & mask[size] if at == PIO_DATA else unpack_value[size](buffer, at)[0]
+                    try:
+                        target = port_writes[port * 16 + size]
+                    except KeyError:  # the first write of this port and size
                         port_write(port, size, value)
-                else:
-                    page.complete_io_in(size, at, [port_read(port, size) for _ in range(count)])
+                    else:
+                        target[0](target[1], size, value)
+                elif direction == IO_OUT:  # rep outs
+                    page.io_out(port_write, port, size, count, at)
+                else:  # port IN, `count` times for rep ins
+                    page.io_in(port_read, port, size, count, at)
             elif reason in arch_reasons:
                 outcome = arch_exit(reason)
             elif reason == c.KVM_EXIT_SYSTEM_EVENT:

@@ -43,8 +43,10 @@ def test_the_combined_exit_records_read_what_cffi_wrote():
     assert page.mmio_exit()[3:] == (4, 1)
     run.exit_reason, run.io.direction, run.io.size, run.io.port = 2, 1, 2, 0x3F8
     run.io.count, run.io.data_offset = 3, 0x1000
-    assert page.io_exit() == (2, 1, 2, 0x3F8, 3, 0x1000)
+    page.buffer[0x1000:0x1008] = b"\x01\x02\x03\x04\x05\x06\x07\x08"  # the port I/O data page's first u64
+    assert page.io_exit() == (2, 1, 2, 0x3F8, 3, 0x1000, 0x0807_0605_0403_0201)
     page.release()
+    assert not RunPage(bytearray(0x1000)).io_record  # one page (arm64's mapping): no port I/O record
 
 
 def _module_name(path: Path) -> str:

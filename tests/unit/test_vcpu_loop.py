@@ -3,8 +3,10 @@ into a kvm_run page laid out as the kernel's, recording devices sit on the buses
 
 from __future__ import annotations
 
+import dis
 import errno
 import signal
+import sys
 import time
 from typing import Callable
 
@@ -15,12 +17,14 @@ from pyvmm.arch.arm64 import exits as arm64_exits
 from pyvmm.arch.x86_64 import exits as x86_exits
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import ExitStatus
-from pyvmm.kvm.vcpu import IO_EXIT, IO_OFFSET, MMIO_DATA_OFFSET, MMIO_EXIT, MMIO_OFFSET, RunPage
+from pyvmm.kvm.ioctl import bindings
+from pyvmm.kvm.vcpu import IO_EXIT, IO_OFFSET, MMIO_DATA_OFFSET, MMIO_EXIT, MMIO_OFFSET, PIO_DATA_OFFSET, RunPage
 from pyvmm.outcome import StopLatch
 from pyvmm.vmm.vcpu_thread import VcpuState, VcpuThread, install_kick_handler
 
 PAGE_SIZE = 0x2000
-IO_DATA = 0x1800  # where KVM puts port I/O data: past the struct, inside the mapping
+IO_DATA = PIO_DATA_OFFSET  # where x86 KVM puts port I/O data: the mapping's second page
+OTHER_IO_DATA = 0x1800  # a data_offset KVM does not use: the loop must still honour it
 Step = Callable[["ScriptedVcpu"], int]
 
 
@@ -40,8 +44,8 @@ class Recorder:
 
 
 class ScriptedVcpu:
-    """What the loop needs of a Vcpu: its index, its kvm_run page and `enter` (KVM_RUN), here played from a script.
-    Like KVM_RUN through fcntl.ioctl, `enter` raises OSError(EINTR) at once while immediate_exit is set."""
+    """What the loop needs of a Vcpu: its index, its kvm_run page and `kvm_run` (call, fd, request), here a call that
+    plays a script. Like KVM_RUN through fcntl.ioctl, it raises OSError(EINTR) at once while immediate_exit is set."""
 
     def __init__(self, steps: list[Step]) -> None:
         self.index = 0
@@ -49,8 +53,10 @@ class ScriptedVcpu:
         self.page = RunPage(bytearray(PAGE_SIZE))
         self.steps = list(steps)
         self.entries = 0
+        self.kvm_run = (self.enter, 42, bindings.KVM_RUN)
 
-    def enter(self) -> int:
+    def enter(self, fd: int, request: int) -> int:
+        assert (fd, request) == (42, bindings.KVM_RUN)
         self.entries += 1
         if self.page.run.immediate_exit:
             return eintr(self)
@@ -82,16 +88,16 @@ def mmio(addr: int, length: int, value: int | None = None) -> Step:
     return step
 
 
-def pio(port: int, size: int, values: list[int] | None = None, count: int = 1) -> Step:
-    """OUT of `values` (rep outs when several), or IN of `count` values when values is None."""
+def pio(port: int, size: int, values: list[int] | None = None, count: int = 1, at: int = IO_DATA) -> Step:
+    """OUT of `values` (rep outs when several), or IN of `count` values when values is None, with the data at `at`."""
 
     def step(vcpu: ScriptedVcpu) -> int:
         run, buffer = vcpu.page.run, vcpu.page.buffer
         run.exit_reason = c.KVM_EXIT_IO
         direction = c.KVM_EXIT_IO_IN if values is None else c.KVM_EXIT_IO_OUT
-        IO_EXIT.pack_into(buffer, IO_OFFSET, direction, size, port, len(values) if values else count, IO_DATA)
+        IO_EXIT.pack_into(buffer, IO_OFFSET, direction, size, port, len(values) if values else count, at)
         for i, value in enumerate(values or []):
-            buffer[IO_DATA + i * size : IO_DATA + (i + 1) * size] = value.to_bytes(size, "little")
+            buffer[at + i * size : at + (i + 1) * size] = value.to_bytes(size, "little")
         return 0
 
     return step
@@ -184,11 +190,39 @@ def test_port_io_goes_to_the_x86_port_bus():
         check(lambda v: assert_equal(bytes(v.page.buffer[IO_DATA : IO_DATA + 4]), b"\xcd\xab\xcd\xab"),
               pio(0x80, 1, count=1)),  # unclaimed IN: all-ones
         check(lambda v: assert_equal(v.page.buffer[IO_DATA], 0xFF), pio(0x80, 1, [9])),  # unclaimed OUT: dropped
+        pio(0x80, 1, [10]),  # and again, through the cache's entry for the unclaimed port
         POWER_OFF,
     ], pio_bus=ports)
     assert device.writes == [(4, 4, 7), (4, 4, 8), (0x10, 1, 1), (0x10, 1, 2), (0x10, 1, 3)]
     assert device.reads == [(8, 2), (8, 2)]
-    assert 0x504 * 16 + 4 in ports.write_cache and not outcome.error
+    assert {0x504 * 16 + 4, 0x80 * 16 + 1} <= set(ports.write_cache) and not outcome.error
+
+
+def test_a_port_out_value_is_masked_to_its_size_and_read_where_data_offset_points():
+    # The loop reads the data page's first u64 with the record: a byte OUT after a wider one must not see its stale
+    # upper bytes, and a data_offset other than KVM's own is still where the value is read.
+    ports, device = Bus("port I/O"), Recorder()
+    ports.register(0x500, 0x20, device)
+    outcome, _, _ = run_loop([
+        pio(0x504, 4, [0xAABBCCDD]), pio(0x504, 1, [0x11]), pio(0x504, 2, [0x2233]),
+        pio(0x504, 1, [0x44], at=OTHER_IO_DATA), pio(0x506, 2, [0x5566], at=OTHER_IO_DATA),  # cached / through the bus
+        POWER_OFF,
+    ], pio_bus=ports)
+    assert device.writes == [(4, 4, 0xAABBCCDD), (4, 1, 0x11), (4, 2, 0x2233), (4, 1, 0x44), (6, 2, 0x5566)]
+    assert not outcome.error
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="CPython 3.11's specialising interpreter")
+def test_the_hot_loop_compares_are_specialised_on_cpython_3_11():
+    # 3.11 specialises `x == y` only when a conditional jump follows it at once: a branch body longer than 255 code
+    # units puts an EXTENDED_ARG in between and leaves that compare generic on every exit (about 60 instructions more).
+    ports, memory = Bus("port I/O"), Bus("MMIO")
+    ports.register(0x500, 0x20, Recorder())
+    memory.register(0x1000, 0x100, Recorder())
+    steps = [pio(0x504, 1, [7]), pio(0x508, 1), mmio(0x1010, 4, 1), mmio(0x1010, 4)] * 100
+    run_loop([*steps, POWER_OFF], mmio_bus=memory, pio_bus=ports)
+    generic = [i for i in dis.get_instructions(VcpuThread._loop, adaptive=True) if i.opname == "COMPARE_OP"]
+    assert not generic, f"compares left unspecialised at lines {[i.positions.lineno for i in generic]}"
 
 
 def test_a_triple_fault_is_a_reboot_on_x86_and_unknown_elsewhere():
