@@ -55,7 +55,7 @@ class Bus:
         # The vCPU loop probes this dict itself (a method call per exit costs more than the probe): it must only ever
         # be cleared in place, never replaced.
         self.write_cache: dict[int, WriteTarget] = {}
-        self.read_cache: dict[int, ReadTarget] = {}  # the same for claimed reads of CACHED_READ_SIZES
+        self.read_cache: dict[int, ReadTarget] = {}  # the same for reads of CACHED_READ_SIZES
 
     def register(self, base: int, size: int, device: Device) -> BusRange:
         if size <= 0:
@@ -103,14 +103,13 @@ class Bus:
         return found
 
     def read(self, addr: int, size: int) -> int | None:
-        """Dispatch a read and remember its target in `read_cache`; None when no device claims the whole access (the
-        guest then reads all-ones)."""
+        """Dispatch a read and remember its target in `read_cache` (for CACHED_READ_SIZES; an unclaimed read's too,
+        whose target answers all-ones); None when no device claims the whole access (the guest then reads all-ones)."""
         hit = self.find(addr)
-        if hit is None or addr + size > hit.end:
-            return None
+        target = (hit.device.read, addr - hit.base) if hit is not None and addr + size <= hit.end else _ALL_ONES
         if size in CACHED_READ_SIZES and len(self.read_cache) < WRITE_CACHE_LIMIT:
-            self.read_cache[addr * 16 + size] = (hit.device.read, addr - hit.base)
-        return hit.device.read(addr - hit.base, size)
+            self.read_cache[addr * 16 + size] = target
+        return None if target is _ALL_ONES else target[0](target[1], size)
 
     def write(self, addr: int, size: int, value: int) -> bool:
         """Dispatch a write and remember its target in `write_cache`, an unclaimed one's too (it drops the value: the
@@ -128,4 +127,10 @@ def _drop(offset: int, size: int, value: int) -> None:
     """The target of an unclaimed write."""
 
 
+def _all_ones(offset: int, size: int) -> int:
+    """The target of an unclaimed read."""
+    return (1 << (8 * size)) - 1
+
+
 _DROP: WriteTarget = (_drop, 0)
+_ALL_ONES: ReadTarget = (_all_ones, 0)

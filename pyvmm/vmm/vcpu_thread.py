@@ -147,9 +147,9 @@ class VcpuThread(threading.Thread):
         # `while True` on purpose: CPython 3.11 specialises a running function's bytecode only at function entry or
         # at an unconditional JUMP_BACKWARD. A loop whose condition sits at its end (POP_JUMP_BACKWARD_IF_*), entered
         # once per thread like this one, would run unspecialised for the VM's whole life, at about half the speed.
+        # No stop check per exit: a stop (or pause) request sets immediate_exit, so the next KVM_RUN returns EINTR and
+        # _run_failed decides. The exits that end the VM leave with `break`.
         while True:
-            if outcome is not None or self._stop_requested:
-                break
             try:
                 kvm_run(fd, KVM_RUN)
             except OSError as err:
@@ -162,48 +162,54 @@ class VcpuThread(threading.Thread):
                 _, addr, data, length, is_write = record if record_is_mmio else unpack_mmio(mmio_view)
                 if is_write:
                     try:
-                        target = mmio_writes[addr * 16 + length]
+                        write, offset = mmio_writes[addr * 16 + length]
                     except KeyError:  # the first write of this address and size
                         mmio_write(addr, length, data & mask[length])
                     else:
-                        target[0](target[1], length, data & mask[length])
-                elif (target := mmio_reads.get(addr * 16 + length)) is not None:  # only 1/2/4/8-byte reads
-                    pack_value[length](buffer, DATA, target[0](target[1], length) & mask[length])
+                        write(offset, length, data & mask[length])
                 else:
-                    complete_read(length, mmio_read(addr, length))
+                    try:
+                        read, offset = mmio_reads[addr * 16 + length]
+                    except KeyError:  # the first read of this address and size, or one of a size never cached
+                        complete_read(length, mmio_read(addr, length))
+                    else:
+                        pack_value[length](buffer, DATA, read(offset, length) & mask[length])
             elif reason == EXIT_IO:
                 _, direction, size, port, count, at, data = record
                 if direction == IO_OUT and count == 1:
                     # KVM puts the data at PIO_DATA: the record holds it; an older or other layout gets an unpack
                     value = data & mask[size] if at == PIO_DATA else unpack_value[size](buffer, at)[0]
                     try:
-                        target = port_writes[port * 16 + size]
+                        write, offset = port_writes[port * 16 + size]
                     except KeyError:  # the first write of this port and size
                         port_write(port, size, value)
                     else:
-                        target[0](target[1], size, value)
+                        write(offset, size, value)
                 elif direction == IO_OUT:  # rep outs
                     page.io_out(port_write, port, size, count, at)
                 else:  # port IN, `count` times for rep ins
                     page.io_in(port_read, port, size, count, at)
             elif reason in arch_reasons:
-                outcome = arch_exit(reason)
-            elif reason == c.KVM_EXIT_SYSTEM_EVENT:
-                outcome = self._system_event()
-            elif reason == c.KVM_EXIT_HLT:
-                outcome = _error(f"vCPU {vcpu.index} halted (HLT) and nothing can wake it")
+                if (outcome := arch_exit(reason)) is not None:
+                    break
             elif reason == c.KVM_EXIT_INTR:
-                pass  # a signal arrived as KVM_RUN returned: the loop's stop check (or the next EINTR) sees it
-            elif reason == c.KVM_EXIT_INTERNAL_ERROR:
-                outcome = self._internal_error()
-            elif reason == c.KVM_EXIT_FAIL_ENTRY:
-                outcome = self._fail_entry()
-            elif reason == c.KVM_EXIT_UNKNOWN:
-                outcome = _error(f"vCPU {vcpu.index} exited for an unknown hardware reason "
-                                 f"{page.hardware_exit_reason():#x}")
-            else:
-                outcome = _error(f"vCPU {vcpu.index} stopped on an exit pyvmm does not handle: "
-                                 f"{c.exit_reason_name(reason)} ({reason})")
+                pass  # a signal arrived as KVM_RUN returned: immediate_exit, if set, makes the next KVM_RUN say EINTR
+            else:  # the exits that end the VM
+                if reason == c.KVM_EXIT_SYSTEM_EVENT:
+                    outcome = self._system_event()
+                elif reason == c.KVM_EXIT_HLT:
+                    outcome = _error(f"vCPU {vcpu.index} halted (HLT) and nothing can wake it")
+                elif reason == c.KVM_EXIT_INTERNAL_ERROR:
+                    outcome = self._internal_error()
+                elif reason == c.KVM_EXIT_FAIL_ENTRY:
+                    outcome = self._fail_entry()
+                elif reason == c.KVM_EXIT_UNKNOWN:
+                    outcome = _error(f"vCPU {vcpu.index} exited for an unknown hardware reason "
+                                     f"{page.hardware_exit_reason():#x}")
+                else:
+                    outcome = _error(f"vCPU {vcpu.index} stopped on an exit pyvmm does not handle: "
+                                     f"{c.exit_reason_name(reason)} ({reason})")
+                break
         if outcome is not None:
             self.latch.set(outcome)
 

@@ -156,10 +156,12 @@ def test_mmio_reads_answer_with_the_device_value_or_all_ones_when_unclaimed():
         check(lambda v: assert_equal(mmio_data(v, 2), b"\x78\x56"), mmio(0x5000, 4)),  # masked to the access size
         check(lambda v: assert_equal(mmio_data(v, 4), b"\xff" * 4), mmio(0x10FE, 4)),  # straddles the end
         check(lambda v: assert_equal(mmio_data(v, 4), b"\xff" * 4), mmio(0x5000, 4, 7)),  # unclaimed write: dropped
-        POWER_OFF,
+        mmio(0x5000, 2),
+        check(lambda v: assert_equal(mmio_data(v, 2), b"\xff" * 2), mmio(0x5000, 2)),  # again: through the cache
+        check(lambda v: assert_equal(mmio_data(v, 2), b"\xff" * 2), POWER_OFF),
     ], mmio_bus=bus)
     assert device.reads == [(4, 2)] and device.writes == []
-    assert not outcome.error
+    assert {0x5000 * 16 + 4, 0x5000 * 16 + 2, 0x10FE * 16 + 4} <= set(bus.read_cache) and not outcome.error
 
 
 def test_repeated_mmio_reads_come_through_the_bus_read_cache():
@@ -306,6 +308,20 @@ def test_a_stop_request_leaves_the_loop_without_an_outcome():
     thread = VcpuThread(vcpu, Bus("MMIO"), arm64_exits.exits(vcpu), StopLatch())
     thread._loop()
     assert thread.latch.outcome is None and vcpu.page.run.immediate_exit == 0
+
+
+def test_a_stop_requested_while_an_exit_is_handled_is_not_lost():
+    # The loop checks no flag per exit: the request's immediate_exit makes the next KVM_RUN return EINTR.
+    class Stopper(Recorder):
+        def write(self, offset, size, value):
+            thread.request_stop()
+
+    bus = Bus("MMIO")
+    bus.register(0x1000, 0x10, Stopper())
+    vcpu = ScriptedVcpu([mmio(0x1000, 4, 1), POWER_OFF])
+    thread = VcpuThread(vcpu, bus, arm64_exits.exits(vcpu), StopLatch())
+    thread._loop()
+    assert thread.latch.outcome is None and vcpu.entries == 2 and len(vcpu.steps) == 1  # POWER_OFF never played
 
 
 def test_a_device_error_stops_the_vm_with_an_internal_error():
