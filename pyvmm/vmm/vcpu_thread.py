@@ -177,7 +177,7 @@ class VcpuThread(threading.Thread):
             elif reason == EXIT_IO:
                 _, direction, size, port, count, at, data = record
                 if direction == IO_OUT and count == 1:
-                    # KVM puts the data at PIO_DATA: the record holds it; an older or other layout gets an unpack
+                    # x86 KVM puts the data at PIO_DATA, which the record holds; any other data_offset: an unpack
                     value = data & mask[size] if at == PIO_DATA else unpack_value[size](buffer, at)[0]
                     try:
                         write, offset = port_writes[port * 16 + size]
@@ -194,21 +194,25 @@ class VcpuThread(threading.Thread):
                     break
             elif reason == c.KVM_EXIT_INTR:
                 pass  # a signal arrived as KVM_RUN returned: immediate_exit, if set, makes the next KVM_RUN say EINTR
-            else:  # the exits that end the VM
-                if reason == c.KVM_EXIT_SYSTEM_EVENT:
-                    outcome = self._system_event()
-                elif reason == c.KVM_EXIT_HLT:
-                    outcome = _error(f"vCPU {vcpu.index} halted (HLT) and nothing can wake it")
-                elif reason == c.KVM_EXIT_INTERNAL_ERROR:
-                    outcome = self._internal_error()
-                elif reason == c.KVM_EXIT_FAIL_ENTRY:
-                    outcome = self._fail_entry()
-                elif reason == c.KVM_EXIT_UNKNOWN:
-                    outcome = _error(f"vCPU {vcpu.index} exited for an unknown hardware reason "
-                                     f"{page.hardware_exit_reason():#x}")
-                else:
-                    outcome = _error(f"vCPU {vcpu.index} stopped on an exit pyvmm does not handle: "
-                                     f"{c.exit_reason_name(reason)} ({reason})")
+            elif reason == c.KVM_EXIT_SYSTEM_EVENT:
+                outcome = self._system_event()
+                break
+            elif reason == c.KVM_EXIT_HLT:
+                outcome = _error(f"vCPU {vcpu.index} halted (HLT) and nothing can wake it")
+                break
+            elif reason == c.KVM_EXIT_INTERNAL_ERROR:
+                outcome = self._internal_error()
+                break
+            elif reason == c.KVM_EXIT_FAIL_ENTRY:
+                outcome = self._fail_entry()
+                break
+            elif reason == c.KVM_EXIT_UNKNOWN:
+                outcome = _error(f"vCPU {vcpu.index} exited for an unknown hardware reason "
+                                 f"{page.hardware_exit_reason():#x}")
+                break
+            else:
+                outcome = _error(f"vCPU {vcpu.index} stopped on an exit pyvmm does not handle: "
+                                 f"{c.exit_reason_name(reason)} ({reason})")
                 break
         if outcome is not None:
             self.latch.set(outcome)
