@@ -5,7 +5,7 @@
     b.lib.ioctl(vcpu_fd, b.KVM_RUN, b.ffi.NULL)
 
 Import stays cheap: the out-of-line ABI modules need only _cffi_backend (not
-cffi's parser), and the ioctl numbers are computed without ctypes (ioctls.py).
+cffi's parser); ioctl_opt (which imports ctypes) is imported by load().
 """
 
 from __future__ import annotations
@@ -71,10 +71,12 @@ def host_arch() -> str:
 
 
 def _ioctl_numbers(arch: str, ffi: Any) -> dict[str, int]:
-    from .ioctls import BY_ARCH, ioc
+    from ioctl_opt import IOC
+
+    from .ioctls import BY_ARCH
 
     return {
-        name: ioc(direction, kind, nr, 0 if argtype is None else ffi.sizeof(argtype))
+        name: IOC(direction, kind, nr, 0 if argtype is None else ffi.sizeof(argtype))
         for kind, table in BY_ARCH[arch]
         for name, (direction, nr, argtype) in table.items()
     }

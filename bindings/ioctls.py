@@ -1,27 +1,14 @@
 """ioctl request tables: (direction, number, argument type) per ioctl name, one table per ioctl type (magic).
 
 The request numbers are computed from these tables in `pyvmm_bindings.load()` with
-`ioc` and the size cffi gives for the argument type, exactly as the kernel's
-_IO/_IOR/_IOW/_IOWR macros do, so a struct declaration that drifts changes the
-number too (tests/unit/test_bindings_layout.py compares both with <linux/kvm.h>,
-<linux/vhost.h> and <linux/if_tun.h>). x86_64 and arm64 use the generic _IOC
-encoding of <asm-generic/ioctl.h>. (The ioctl-opt package computes the same, but
-it imports ctypes: some 2% of `pyvmm run`'s start-up for four lines.)
+ioctl_opt.IOC and the size cffi gives for the argument type, exactly as the
+kernel's _IO/_IOR/_IOW/_IOWR macros do, so a struct declaration that drifts
+changes the number too (tests/unit/test_bindings_layout.py compares both with
+<linux/kvm.h>, <linux/vhost.h> and <linux/if_tun.h>). x86_64 and arm64 use the
+generic _IOC encoding, which is what ioctl_opt implements.
 """
 
-# <asm-generic/ioctl.h>: direction (2 bits) | argument size (14) | type (8) | number (8)
-IOC_NONE = 0
-IOC_WRITE = 1
-IOC_READ = 2
-_IOC_SIZE_LIMIT = 1 << 14
-
-
-def ioc(direction: int, kind: int, nr: int, size: int) -> int:
-    """The kernel's _IOC(dir, type, nr, size)."""
-    if not (0 <= direction <= 3 and 0 <= kind <= 0xFF and 0 <= nr <= 0xFF and 0 <= size < _IOC_SIZE_LIMIT):
-        raise ValueError(f"ioctl field out of range: dir={direction} type={kind:#x} nr={nr:#x} size={size}")
-    return direction << 30 | size << 16 | kind << 8 | nr
-
+from ioctl_opt import IOC_NONE, IOC_READ, IOC_WRITE
 
 KVMIO = 0xAE
 VHOST_VIRTIO = 0xAF
