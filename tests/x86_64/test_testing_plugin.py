@@ -72,13 +72,13 @@ def test_command_line_options_configure_the_fixture(tmp_path):
     source = """
     def test_cpus(pyvmm_machine):
         assert pyvmm_machine.spec.cpus == 3 and str(pyvmm_machine.spec.kernel).endswith("idle.bin")
-        assert pyvmm_machine.spec.testing.timeout == 0.5
-        assert pyvmm_machine.wait(30).status == 0
+        assert pyvmm_machine.spec.testing.timeout == 45.5
+        assert pyvmm_machine.wait(60).status == 0
     """
     import pyvmm_guests
 
     result = inner_pytest(tmp_path, source, "--pyvmm-kernel", str(pyvmm_guests.path("x86_64", "idle")),
-                          "--pyvmm-cpus", "3", "--pyvmm-option", "test_timeout=0.5")
+                          "--pyvmm-cpus", "3", "--pyvmm-option", "test_timeout=45.5")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
