@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from _common import machine_info, write_json
+from _common import Summary, machine_info, verdict, write_json
 
 TARGET = 1.15
 USERSPACE = b"PYVMM-L2-USERSPACE-OK"
@@ -109,11 +109,10 @@ def main() -> int:
         medians = {}
         for name in names:
             runs = results[(console, name)]
-            cells = []
-            for index, what in ((0, "userspace"), (1, "power-off")):
-                values = [run[index] for run in runs]
-                cells.append(f"{what} {statistics.median(values):6.2f} ({min(values):.2f}-{max(values):.2f})")
-            medians[name] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+            userspace, power_off = Summary.of([r[0] for r in runs]), Summary.of([r[1] for r in runs])
+            cells = [f"{what} {s.median:6.2f} ({s.low:.2f}-{s.high:.2f})"
+                     for what, s in (("userspace", userspace), ("power-off", power_off))]
+            medians[name] = (userspace.median, power_off.median)
             print(f"    {name:13s} {'   '.join(cells)}   console {statistics.median(r[2] for r in runs):.0f} B")
         for name in names:
             if name == "kvmtool" or "kvmtool" not in medians:
@@ -124,7 +123,7 @@ def main() -> int:
             rows.append({"what": f"arm64 Linux boot to power-off, {console}, s ({name})",
                          "pyvmm": round(medians[name][1], 2), "reference": round(medians["kvmtool"][1], 2),
                          "ratio": round(ratios[1], 2), "target": f"<= {TARGET}",
-                         "verdict": "MET" if ratios[1] <= TARGET else "NOT MET"})
+                         "verdict": verdict(ratios[1], TARGET)})
         if "pyvmm-nocoal" in medians:
             print(f"    ratio pyvmm/pyvmm-nocoal: power-off {medians['pyvmm'][1] / medians['pyvmm-nocoal'][1]:.2f}")
     print("  INDICATIVE ONLY when run under emulation (the arm64 lane): not a performance figure.")
