@@ -237,8 +237,8 @@ def main() -> int:
             what = f"{mode:9s} ({size // segment} x {segment} B segments, depth {args.depth}" + \
                 (", level)" if args.level else ")")
             if args.callgrind:
-                print(f"{what}: {callgrind(mode, args.n, args.depth, args.level, Path(tmp)):10,.0f} instructions per request",
-                      flush=True)
+                per_request = callgrind(mode, args.n, args.depth, args.level, Path(tmp))
+                print(f"{what}: {per_request:10,.0f} instructions per request", flush=True)
             if args.strace:
                 calls = strace(mode, args.n, args.depth, args.level, Path(tmp))
                 print(f"{what}: syscalls per request " + ", ".join(f"{k} {x:.2f}" for k, x in calls.items()),

@@ -51,9 +51,9 @@ class Bus:
         self._ranges: list[BusRange] = []
         self._bases: list[int] = []
         self._found: dict[int, BusRange | None] = {}
-        # addr * 16 + size -> WriteTarget, for every write seen (CPython 3.11 specialises * and + on ints, not << and |).
-        # The vCPU loop probes this dict itself (a method call per exit costs more than the probe): it must only ever
-        # be cleared in place, never replaced.
+        # addr * 16 + size -> WriteTarget, for every write seen (CPython 3.11 specialises * and + on ints, not << and
+        # |). The vCPU loop probes this dict itself (a method call per exit costs more than the probe): it must only
+        # ever be cleared in place, never replaced.
         self.write_cache: dict[int, WriteTarget] = {}
         self.read_cache: dict[int, ReadTarget] = {}  # the same for reads of CACHED_READ_SIZES
 

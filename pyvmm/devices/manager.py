@@ -254,8 +254,8 @@ class DeviceManager:
         return consoles[0].feed if consoles else None
 
     def close(self) -> None:
-        """Drain the coalesced ring; take the register mirror down; stop the virtio devices (their workers use guest RAM) and take them off the
-        bus."""
+        """Drain the coalesced ring; take the register mirror down; stop the virtio devices (their workers use guest
+        RAM) and take them off the bus."""
         zone, self.coalesced = self.coalesced, None
         try:
             try:

@@ -167,7 +167,8 @@ def build_spec(*, name: str = "", kernel: PathLike | None = None, initrd: PathLi
         memory=memory if isinstance(memory, int) else parse_size(memory), cpus=int(cpus),
         guest_args=[int(a) for a in guest_args], irqchip=irqchip, pmu=pmu, nodefaults=nodefaults,
         on_reboot=on_reboot, dtb_dump=_path(dump_dtb),
-        debug=debug, console=ConsoleSpec(stdin=stdin, echo=echo, log_path=_path(console_log),
-                                                   coalesce=not options.no_coalesced_console), devices=devices,
+        debug=debug, devices=devices,
+        console=ConsoleSpec(stdin=stdin, echo=echo, log_path=_path(console_log),
+                            coalesce=not options.no_coalesced_console),
         idle=idle_spec(options), testing=testing_spec(options),
     )

@@ -1,5 +1,6 @@
 """One event loop thread per virtio device: queue notifications (ioeventfd), interrupt resamples (a level line's
-resamplefd, x86_64) and the device's own file descriptors (a TAP) in, completions and interrupts (irqfd) out. No vCPU thread ever waits on device I/O.
+resamplefd, x86_64) and the device's own file descriptors (a TAP) in, completions and interrupts (irqfd) out. No vCPU
+thread ever waits on device I/O.
 
 Callbacks run on the worker thread only; `watch`/`unwatch` may be called from callbacks (the selector is not
 shared with other threads). `close()` may be called from any thread.
