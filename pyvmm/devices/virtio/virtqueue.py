@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 import sys
 import threading
+from operator import add, getitem, sub
 from typing import Iterable, Protocol
 
 from pyvmm.devices.virtio.constants import (
@@ -32,6 +33,9 @@ from pyvmm.devices.virtio.constants import (
 from pyvmm.errors import GuestMemoryError
 
 DESC = struct.Struct("<QIHH")  # addr, len, flags, next
+# Indirect tables of this many descriptors or more are first tried whole (`Virtqueue._straight`): its fixed cost
+# is that of some ten descriptors walked one by one, each descriptor then costs two thirds of one walked.
+STRAIGHT_MIN = 16
 USED_ELEM = struct.Struct("<II")
 
 
@@ -260,6 +264,10 @@ class Virtqueue:
                     base, ram = self._region(addr, length, "indirect table")
                     end, start = len(ram), addr - base
                 table = ram[start : start + length]
+                if table_size >= STRAIGHT_MIN and not (readable or writable):  # see _straight
+                    chain = self._straight(head, table, table_size, base, ram)
+                    if chain is not None:
+                        return chain
                 continue
             start = addr - base
             if start < 0 or start + length > end:
@@ -277,6 +285,35 @@ class Virtqueue:
             if nxt >= table_size:
                 raise VirtqueueError(f"next index {nxt} is outside its table of {table_size}")
             index = nxt
+
+    def _straight(self, head: int, table: memoryview, count: int, base: int, ram: memoryview) -> Chain | None:
+        """The chain of an indirect table when it is a straight one, as Linux writes them: descriptor i's next is
+        i + 1, the last has no NEXT, only NEXT/WRITE flags, readable buffers before writable ones, every buffer in
+        `ram` (the region at `base`); None otherwise, and then the general walk (same checks, one descriptor at a
+        time) decides. What is accepted here the walk would accept, with the same views; the per-descriptor steps
+        run in C (compares of raw bytes, tolist, map) instead of some twenty bytecodes each."""
+        links = _LINKS.get(count)
+        if links is None:
+            links = _LINKS[count] = _links(count)
+        words = table.cast("I")  # per descriptor: addr (low, high), len, flags | next << 16
+        flags = table.cast("H")[6::8].tobytes()
+        first_write = flags.find(3)  # NEXT | WRITE's low byte: where the device-writable buffers start, if at all
+        first_write = count - 1 if first_write < 0 else first_write >> 1
+        if words[3:-4:4].tobytes() != links[0][: 4 * first_write] + links[1][4 * first_write :]:
+            return None
+        last = flags[-2:]
+        if last == b"\x02\x00":
+            readable = first_write
+        elif last == b"\x00\x00" and first_write == count - 1:
+            readable = count
+        else:
+            return None
+        starts = list(map(sub, table.cast("Q")[::2].tolist(), [base] * count))
+        ends = list(map(add, starts, words[2::4].tolist()))
+        if min(starts) < 0 or max(ends) > len(ram):
+            return None
+        buffers = list(map(getitem, [ram] * count, map(slice, starts, ends)))
+        return Chain(head, buffers[:readable], buffers[readable:], self.epoch)
 
     def _region(self, addr: int, length: int, what: str) -> tuple[int, memoryview]:
         """The region holding all of [addr, addr + length) (kept for the next buffers), else VirtqueueError."""
@@ -332,6 +369,15 @@ class Virtqueue:
 
 _EMPTY = memoryview(b"")
 _NO_REGION = (1 << 64, _EMPTY)  # above any descriptor address: every buffer's start is negative from it
+# Per indirect table length (at most max_size of them): the flags | next << 16 words of a straight table's
+# descriptors but the last, all device-readable and all device-writable.
+_LINKS: dict[int, tuple[bytes, bytes]] = {}
+
+
+def _links(count: int) -> tuple[bytes, bytes]:
+    readable, writable = (struct.pack(f"<{count - 1}I", *(flags | (i + 1) << 16 for i in range(count - 1)))
+                          for flags in (DESC_F_NEXT, DESC_F_NEXT | DESC_F_WRITE))
+    return readable, writable
 
 
 def _le(view: memoryview, fmt: str) -> memoryview:
