@@ -195,7 +195,8 @@ def run(mode: str, count: int, depth: int, level: bool) -> None:
 def measured(tool: list[str], mode: str, count: int, depth: int, level: bool, out: Path) -> str:
     cmd = tool + [sys.executable, __file__, "--mode", mode, "-n", str(count), "--depth", str(depth)]
     cmd += ["--level"] * level
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, PYTHONHASHSEED="0")  # one string hashing for every run: repeatable counts
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return out.read_text()
 
 

@@ -448,6 +448,28 @@ def test_random_register_writes_never_raise(writes):
     t.close()
 
 
+@pytest.mark.parametrize("in_table,refused", [(13, False), (14, True)])
+def test_the_queue_size_bounds_a_chain_across_its_direct_part_and_its_indirect_table(in_table, refused):
+    """3 direct buffers, then a table: 3 + 13 = 16 descriptors is a chain of the queue size, 3 + 14 one too many
+    (the descriptor pointing at the table does not count)."""
+    t, d, mem, irq, dev = make()
+    assert d.start()
+    for i in range(3):
+        d.desc(0, i, DATA + 0x100 * i, 4, v.DESC_F_NEXT, i + 1)
+    d.desc(0, 3, DATA + 0x1000, 16 * in_table, v.DESC_F_INDIRECT, 0)
+    for i in range(in_table):
+        last = i == in_table - 1
+        mem.write(DATA + 0x1000 + 16 * i, struct.pack("<QIHH", DATA + 0x400, 1, v.DESC_F_WRITE if last else
+                                                       v.DESC_F_NEXT, 0 if last else i + 1))
+    d.publish(0, 0)
+    chains = dev.queues[0].drain(1)
+    assert needs_reset(t) == refused
+    assert [(len(c.readable), len(c.writable)) for c in chains] == ([] if refused else [(15, 1)])
+    if refused:
+        assert "more than 16 descriptors" in t.broken
+    t.close()
+
+
 def test_virtqueue_pop_on_a_queue_that_is_not_ready_returns_nothing():
     queue = Virtqueue(ModelMemory(), 8)
     assert queue.pop() is None
