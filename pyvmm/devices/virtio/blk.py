@@ -116,6 +116,7 @@ class Block(VirtioDevice):
         except BaseException:
             os.close(self.fd)
             raise
+        self.read_only = config.read_only
         self.volatile_cache = config.cache in ("writeback", "unsafe")
         features = 1 << F_SEG_MAX | 1 << F_BLK_SIZE
         if config.read_only:
@@ -183,7 +184,21 @@ class Block(VirtioDevice):
             status_byte = _status_byte(chain)
         written = 0
         try:
-            status, written = self._serve(kind, sector, data_out, data_in, chain)
+            # Reads and writes here, not in _serve: nearly every request is one, and each call costs.
+            if kind == T_IN:
+                length = sum(map(len, data_in))
+                status = S_IOERR
+                if self._in_range(sector, length):
+                    written = os.preadv(self.fd, data_in, sector * SECTOR) if data_in else 0
+                    status = S_OK if written == length else S_IOERR
+            elif kind == T_OUT:
+                length = sum(map(len, data_out))
+                status = S_IOERR
+                if not self.read_only and self._in_range(sector, length):
+                    done = os.pwritev(self.fd, data_out, sector * SECTOR) if data_out else 0
+                    status = S_OK if done == length else S_IOERR
+            else:
+                status, written = self._serve(kind, sector, data_in, chain)
         except OSError as err:
             log.debug("%s: request %d at sector %d: %s", self.name, kind, sector, err)
             status = S_IOERR
@@ -193,21 +208,8 @@ class Block(VirtioDevice):
     def _in_range(self, sector: int, length: int) -> bool:
         return length % SECTOR == 0 and sector * SECTOR + length <= self.capacity * SECTOR
 
-    def _serve(self, kind: int, sector: int, data_out: list[memoryview], data_in: list[memoryview],
-               chain: Chain) -> tuple[int, int]:
-        """(status, bytes written into the chain before the status byte) of one request."""
-        if kind == T_IN:
-            length = sum(map(len, data_in))
-            if not self._in_range(sector, length):
-                return S_IOERR, 0
-            done = os.preadv(self.fd, data_in, sector * SECTOR) if data_in else 0
-            return (S_OK if done == length else S_IOERR), done
-        if kind == T_OUT:
-            length = sum(map(len, data_out))
-            if self.config.read_only or not self._in_range(sector, length):
-                return S_IOERR, 0
-            done = os.pwritev(self.fd, data_out, sector * SECTOR) if data_out else 0
-            return (S_OK if done == length else S_IOERR), 0
+    def _serve(self, kind: int, sector: int, data_in: list[memoryview], chain: Chain) -> tuple[int, int]:
+        """(status, bytes written into the chain before the status byte) of a request other than a read or write."""
         if kind == T_FLUSH:
             if self.config.cache != "unsafe" and not self.config.read_only:
                 os.fsync(self.fd)  # before the completion: that is what FLUSH promises the guest

@@ -142,7 +142,7 @@ class VirtioDevice(ABC):
         # other fds, nor from stopping.
         budget = self.queue_sizes[index]
         while budget > 0:
-            wanted = min(self.batch, budget)
+            wanted = self.batch if self.batch < budget else budget  # min() would parse keywords
             chains = queue.drain(wanted)
             if not chains:
                 return

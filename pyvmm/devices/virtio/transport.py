@@ -16,7 +16,6 @@ and lowered when InterruptACK clears the last.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -112,11 +111,29 @@ class MmioTransport:
         vhost = set(self.device.vhost_queues)
         for index, fd in enumerate(self.notify_fds):
             if index not in vhost:
-                worker.watch(fd, functools.partial(self.notify, index), drain_eventfd=True)
+                worker.watch(fd, self._kick(fd, index))
         if self.interrupt.resample_fd is not None:
             worker.watch(self.interrupt.resample_fd, self.resample, drain_eventfd=True)
         for fd, callback in self.device.watched_fds():
             self._host_fds.watch(fd, callback)
+
+    def _kick(self, fd: int, index: int) -> Callable[[], None]:
+        """The worker's callback for queue `index`'s eventfd: its counter read (as `watch(drain_eventfd=True)`
+        does) and `notify`, in one frame: every request comes through here."""
+        device_notify = self.device.notify
+
+        def kick() -> None:
+            try:
+                os.eventfd_read(fd)
+            except BlockingIOError:
+                return
+            if self.status & v.STATUS_DRIVER_OK and self.broken is None:
+                try:
+                    device_notify(index)
+                except Exception as err:
+                    self._failed(f"queue {index}", err)
+
+        return kick
 
     def notify(self, index: int) -> None:
         """Worker thread: the driver kicked queue `index`. Ignored until the device is activated. Every request
@@ -361,7 +378,7 @@ class _MmioQueue(Queue):
                 return  # taken before a reset (the ring they came from no longer exists) or the device is stopped
             queue = self._queue
             try:
-                wanted = queue.push_many(done) and queue.needs_interrupt()
+                wanted = queue.push_many(done)
             except VirtqueueError as err:
                 transport._fail(f"queue {self.index}: {err}")
                 return

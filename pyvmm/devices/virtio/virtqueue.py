@@ -209,7 +209,8 @@ class Virtqueue:
             release()  # fence: the ring entries must be read after the index that published them
             acquire()
             last = self.last_avail
-            for _ in range(min(count, limit - len(chains))):
+            room = limit - len(chains)
+            for _ in range(count if count < room else room):  # not min(): its keyword parsing costs more
                 chains.append(walk(ring[2 + last % size]))
                 last = (last + 1) & 0xFFFF
                 self.last_avail = last
@@ -328,13 +329,13 @@ class Virtqueue:
 
     # -- the used ring ------------------------------------------------------------------------------------------
     def push(self, chain: Chain, written: int) -> bool:
-        """Return a chain to the driver with the number of bytes the device wrote into it; False (and nothing
-        written) when it was taken from a ring that has been disabled since."""
+        """Return a chain to the driver with the number of bytes the device wrote into it: `push_many`."""
         return self.push_many(((chain, written),))
 
     def push_many(self, done: Iterable[tuple[Chain, int]]) -> bool:
-        """Return chains (their used elements, then one fence and one used-index store); True if any was
-        returned: those taken from a ring disabled since are dropped."""
+        """Return chains (their used elements, then one fence and one used-index store); True if the driver asked
+        to be interrupted for them (EVENT_IDX or NO_INTERRUPT). Chains taken from a ring disabled since are dropped:
+        False (and nothing written) when no chain was returned. One method, not two: every request comes here."""
         if not self.ready:
             return False
         ring, size, epoch, idx = self._used_ring, self.size, self.epoch, self.used_idx
@@ -347,23 +348,20 @@ class Virtqueue:
             idx = (idx + 1) & 0xFFFF
         if idx == self.used_idx:
             return False
-        self._fence_release()  # fence: the elements before the index
-        self._fence_acquire()
+        release, acquire = self._fence_release, self._fence_acquire
+        release()  # fence: the elements before the index
+        acquire()
         self.used_idx = idx
         self._used_head[1] = idx
-        return True
-
-    def needs_interrupt(self) -> bool:
-        """After pushes: whether the driver asked to be interrupted for them (EVENT_IDX or NO_INTERRUPT)."""
-        self._fence_release()  # fence: the used index must be visible before the driver's suppression fields
-        self._fence_acquire()  # are read
-        old, new = self.signalled_used, self.used_idx
-        if old == new:
+        release()  # fence: the used index must be visible before the driver's suppression fields are read
+        acquire()
+        old = self.signalled_used
+        if old == idx:
             return False
-        self.signalled_used = new
+        self.signalled_used = idx
         if self.event_idx:
-            used_event = self._avail[2 + self.size]
-            return ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+            used_event = self._avail[2 + size]
+            return ((idx - used_event - 1) & 0xFFFF) < ((idx - old) & 0xFFFF)
         return not self._avail[0] & AVAIL_F_NO_INTERRUPT
 
 
