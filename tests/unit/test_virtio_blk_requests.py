@@ -11,10 +11,11 @@ import pytest
 
 from pyvmm.devices.virtio import blk as b
 from pyvmm.devices.virtio import constants as v
+from pyvmm.devices.virtio import virtqueue
 from pyvmm.devices.virtio.config import DiskConfig
 from pyvmm.kvm.memory import GuestMemory, MemoryRegion, allocate
 from tests.unit.test_virtio_devices import BUF, HDR, STATUS, submit
-from tests.unit.test_virtio_queue import RAM_BASE, RAM_SIZE, USED, make
+from tests.unit.test_virtio_queue import DATA, RAM_BASE, RAM_SIZE, USED, make
 
 SECTOR_1 = bytes(range(256)) * 2  # what sector 1 of the image holds
 
@@ -178,3 +179,30 @@ def test_the_request_path_on_real_guest_memory(image):
         assert submit(d, mem, [(HDR, 16), (BUF, 512)], [(STATUS, 1)]) == (b.S_OK, 1)
         assert image.read_bytes()[1536:2048] == b"\x42" * 512
     memory.close()
+
+
+@pytest.mark.parametrize("kind", [b.T_IN, b.T_OUT])
+def test_a_long_request_through_an_indirect_table_reads_and_writes_every_buffer(image, kind):
+    """20 scattered data buffers in one indirect table, as Linux writes a large request: the walk takes the table
+    whole (Virtqueue._straight, which also gives the chain's lengths) and the data lands buffer by buffer."""
+    count, table = 20, DATA + 0x8000
+    assert count + 2 >= virtqueue.STRAIGHT_MIN
+    buffers = [(BUF + 0x400 * i, 512) for i in range(count)]
+    payload = bytes(range(256)) * 2 * count if kind == b.T_IN else bytes(i % 251 for i in range(512 * count))
+    with started(image) as (device, t, d, mem, _):
+        for i, (addr, length) in enumerate(buffers):
+            mem.write(addr, b"\xee" * length if kind == b.T_IN else payload[512 * i : 512 * (i + 1)])
+        header(mem, kind, 0)
+        mem.write_int(STATUS, 1, 0xEE)
+        readable, writable = ([(HDR, 16)], buffers + [(STATUS, 1)]) if kind == b.T_IN else \
+            ([(HDR, 16)] + buffers, [(STATUS, 1)])
+        head = d.add(0, readable, writable, indirect_at=table)
+        device.notify(0)
+        assert d.used(0)[-1] == (head, 512 * count + 1 if kind == b.T_IN else 1)
+        assert mem.read_int(STATUS, 1) == b.S_OK
+        got = b"".join(mem.read(addr, length) for addr, length in buffers)
+        assert got == payload and image.read_bytes()[: 512 * count] == payload
+        header(mem, kind, 32 - count + 1)  # one sector past the end: refused as a whole
+        head = d.add(0, readable, writable, indirect_at=table + 0x1000)
+        device.notify(0)
+        assert d.used(0)[-1] == (head, 1) and mem.read_int(STATUS, 1) == b.S_IOERR

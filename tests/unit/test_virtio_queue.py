@@ -555,7 +555,8 @@ def _take_through_indirect(table: list[tuple[int, int, int, int]], straight: boo
         start = int(ffi.cast("uintptr_t", ffi.from_buffer(buffer.obj)))
         return region, int(ffi.cast("uintptr_t", ffi.from_buffer(buffer))) - start, len(buffer)
 
-    return "chain", [where(b) for b in chain.readable], [where(b) for b in chain.writable]
+    return ("chain", [where(b) for b in chain.readable], [where(b) for b in chain.writable], chain.readable_len,
+            chain.writable_len)
 
 
 def _linux_table(readable: int, writable: int, addr: int = RAM_BASE + 0x8000) -> list[tuple[int, int, int, int]]:

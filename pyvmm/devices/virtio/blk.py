@@ -177,26 +177,34 @@ class Block(VirtioDevice):
             kind, _, sector = HEADER.unpack(header)
             data_out = readable[1:]
             data_in = writable[:-1]
+            lengths = chain.lengths  # known for long chains (Virtqueue._straight): no len() per buffer then
+            if lengths is None:
+                out_len = in_len = -1  # summed below, for the one of the two a read or write needs
+            else:
+                out_len, in_len = lengths[0] - HEADER.size, lengths[1] - 1
         else:  # any other split is legal too (2.7.4: the device must not assume one)
             kind, _, sector = HEADER.unpack(read_from(readable, HEADER.size))
             data_out = views(readable, HEADER.size)
             data_in = views(writable, 0, chain.writable_len - 1)
             status_byte = _status_byte(chain)
+            out_len = in_len = -1
         written = 0
         try:
             # Reads and writes here, not in _serve: nearly every request is one, and each call costs.
             if kind == T_IN:
-                length = sum(map(len, data_in))
+                if in_len < 0:
+                    in_len = sum(map(len, data_in))
                 status = S_IOERR
-                if self._in_range(sector, length):
+                if self._in_range(sector, in_len):
                     written = os.preadv(self.fd, data_in, sector * SECTOR) if data_in else 0
-                    status = S_OK if written == length else S_IOERR
+                    status = S_OK if written == in_len else S_IOERR
             elif kind == T_OUT:
-                length = sum(map(len, data_out))
+                if out_len < 0:
+                    out_len = sum(map(len, data_out))
                 status = S_IOERR
-                if not self.read_only and self._in_range(sector, length):
+                if not self.read_only and self._in_range(sector, out_len):
                     done = os.pwritev(self.fd, data_out, sector * SECTOR) if data_out else 0
-                    status = S_OK if done == length else S_IOERR
+                    status = S_OK if done == out_len else S_IOERR
             else:
                 status, written = self._serve(kind, sector, data_in, chain)
         except OSError as err:

@@ -59,21 +59,25 @@ class Chain:
     """One descriptor chain: the head index to return, and its device-readable then device-writable buffers as
     views of guest RAM (each checked against RAM when the chain was taken: a device does no address look-up)."""
 
-    __slots__ = ("head", "readable", "writable", "epoch")
+    __slots__ = ("head", "readable", "writable", "epoch", "lengths")
 
-    def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview], epoch: int = 0) -> None:
+    def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview], epoch: int = 0,
+                 lengths: tuple[int, int] | None = None) -> None:
         self.head = head
         self.readable = readable
         self.writable = writable
         self.epoch = epoch  # the queue's epoch when taken: a chain from a ring since disabled is never returned
+        self.lengths = lengths  # (readable_len, writable_len) when the walk had them at hand, else None
 
     @property
     def readable_len(self) -> int:
-        return sum(map(len, self.readable))
+        lengths = self.lengths
+        return sum(map(len, self.readable)) if lengths is None else lengths[0]
 
     @property
     def writable_len(self) -> int:
-        return sum(map(len, self.writable))
+        lengths = self.lengths
+        return sum(map(len, self.writable)) if lengths is None else lengths[1]
 
 
 def read_from(buffers: list[memoryview], limit: int) -> bytes:
@@ -309,12 +313,14 @@ class Virtqueue:
             readable = count
         else:
             return None
+        lengths = words[2::4].tolist()
         starts = list(map(sub, table.cast("Q")[::2].tolist(), [base] * count))
-        ends = list(map(add, starts, words[2::4].tolist()))
+        ends = list(map(add, starts, lengths))
         if min(starts) < 0 or max(ends) > len(ram):
             return None
         buffers = list(map(getitem, [ram] * count, map(slice, starts, ends)))
-        return Chain(head, buffers[:readable], buffers[readable:], self.epoch)
+        return Chain(head, buffers[:readable], buffers[readable:], self.epoch,
+                     (sum(lengths[:readable]), sum(lengths[readable:])))
 
     def _region(self, addr: int, length: int, what: str) -> tuple[int, memoryview]:
         """The region holding all of [addr, addr + length) (kept for the next buffers), else VirtqueueError."""
