@@ -109,6 +109,7 @@ class Block(VirtioDevice):
             if size < SECTOR:
                 raise MissingFileError(f"--disk {path} is {size} bytes: smaller than one 512-byte sector")
             self.capacity = size // SECTOR  # a partial last sector is not addressable, as in other VMMs
+            self._end = self.capacity * SECTOR
             writable = not config.read_only
             regular = writable and stat.S_ISREG(info.st_mode)
             self.can_discard = regular and _supports(self.fd, FALLOC_FL_PUNCH_HOLE, size)
@@ -195,14 +196,14 @@ class Block(VirtioDevice):
                 if in_len < 0:
                     in_len = sum(map(len, data_in))
                 status = S_IOERR
-                if self._in_range(sector, in_len):
+                if in_len % SECTOR == 0 and sector * SECTOR + in_len <= self._end:  # _in_range, inline
                     written = os.preadv(self.fd, data_in, sector * SECTOR) if data_in else 0
                     status = S_OK if written == in_len else S_IOERR
             elif kind == T_OUT:
                 if out_len < 0:
                     out_len = sum(map(len, data_out))
                 status = S_IOERR
-                if not self.read_only and self._in_range(sector, out_len):
+                if not self.read_only and out_len % SECTOR == 0 and sector * SECTOR + out_len <= self._end:
                     done = os.pwritev(self.fd, data_out, sector * SECTOR) if data_out else 0
                     status = S_OK if done == out_len else S_IOERR
             else:
@@ -214,7 +215,7 @@ class Block(VirtioDevice):
         return written + 1
 
     def _in_range(self, sector: int, length: int) -> bool:
-        return length % SECTOR == 0 and sector * SECTOR + length <= self.capacity * SECTOR
+        return length % SECTOR == 0 and sector * SECTOR + length <= self._end
 
     def _serve(self, kind: int, sector: int, data_in: list[memoryview], chain: Chain) -> tuple[int, int]:
         """(status, bytes written into the chain before the status byte) of a request other than a read or write."""
