@@ -29,7 +29,7 @@ def test_a_stuck_worker_is_left_to_finish_and_releases_everything_when_it_return
         writes.append(os.eventfd_read(device_fd))
 
     released: list[bool] = []
-    worker.watch(kick, callback, drain_eventfd=True)
+    worker.watch(kick, callback, eventfd=True)
     worker.start()
     os.eventfd_write(kick, 1)
     assert inside.wait(5)

@@ -205,6 +205,34 @@ def test_the_worker_serves_notifications_from_the_eventfd_on_its_own_thread():
         t.close()
 
 
+def test_an_eventfd_watch_calls_back_once_per_round_of_writes_and_never_reads_the_counter():
+    """Queue kicks and resamples are watched edge-triggered without a read per wake-up: the kernel makes every
+    eventfd write an edge, also while the counter is already non-zero, so no kick is lost and none is doubled."""
+    worker = DeviceWorker("edge-test")
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    calls: list[int] = []
+    worker.watch(fd, lambda: calls.append(1), eventfd=True)
+    try:
+        worker.turn(0)
+        assert calls == []
+        os.eventfd_write(fd, 1)
+        worker.turn(0)
+        worker.turn(0)
+        assert calls == [1]  # the counter stays readable, yet one write is one call
+        os.eventfd_write(fd, 1)
+        os.eventfd_write(fd, 1)
+        worker.turn(0)
+        worker.turn(0)
+        assert calls == [1, 1]  # two writes before the turn: one call, which finds everything they made available
+        assert os.eventfd_read(fd) == 3  # never read by the worker
+        os.eventfd_write(fd, 1)
+        worker.turn(0)
+        assert calls == [1, 1, 1]
+    finally:
+        worker.close()
+        os.close(fd)
+
+
 # -- options ---------------------------------------------------------------------------------------------------
 def test_disk_and_net_options_parse():
     disk = parse_disk("/tmp/a.img,ro,serial=abc,cache=unsafe")

@@ -111,22 +111,18 @@ class MmioTransport:
         vhost = set(self.device.vhost_queues)
         for index, fd in enumerate(self.notify_fds):
             if index not in vhost:
-                worker.watch(fd, self._kick(fd, index))
+                worker.watch(fd, self._kick(index), eventfd=True)
         if self.interrupt.resample_fd is not None:
-            worker.watch(self.interrupt.resample_fd, self.resample, drain_eventfd=True)
+            worker.watch(self.interrupt.resample_fd, self.resample, eventfd=True)
         for fd, callback in self.device.watched_fds():
             self._host_fds.watch(fd, callback)
 
-    def _kick(self, fd: int, index: int) -> Callable[[], None]:
-        """The worker's callback for queue `index`'s eventfd: its counter read (as `watch(drain_eventfd=True)`
-        does) and `notify`, in one frame: every request comes through here."""
+    def _kick(self, index: int) -> Callable[[], None]:
+        """`notify(index)` as one closure, the worker's callback for the queue's eventfd: every request comes
+        through here (`guarded` inlined, its message formatted only on an error)."""
         device_notify = self.device.notify
 
         def kick() -> None:
-            try:
-                os.eventfd_read(fd)
-            except BlockingIOError:
-                return
             if self.status & v.STATUS_DRIVER_OK and self.broken is None:
                 try:
                     device_notify(index)
@@ -136,13 +132,8 @@ class MmioTransport:
         return kick
 
     def notify(self, index: int) -> None:
-        """Worker thread: the driver kicked queue `index`. Ignored until the device is activated. Every request
-        comes through here: `guarded` inlined, its message formatted only on an error."""
-        if self.status & v.STATUS_DRIVER_OK and self.broken is None:
-            try:
-                self.device.notify(index)
-            except Exception as err:
-                self._failed(f"queue {index}", err)
+        """Worker thread: the driver kicked queue `index`. Ignored until the device is activated."""
+        self._kick(index)()
 
     # -- negotiated state ---------------------------------------------------------------------------------------
     def negotiated(self, bit: int) -> bool:

@@ -38,21 +38,15 @@ class DeviceWorker:
         self._exited = False
         self._late_release: Callable[[], None] | None = None
 
-    def watch(self, fd: int, callback: Callable[[], None], drain_eventfd: bool = False) -> None:
-        """Call `callback` when `fd` is readable; with drain_eventfd, the eventfd counter is read first."""
+    def watch(self, fd: int, callback: Callable[[], None], eventfd: bool = False) -> None:
+        """Call `callback` when `fd` is readable. With `eventfd`, `fd` is an eventfd that only signals (a queue kick,
+        a resample): it is watched edge-triggered and never read. Every write to an eventfd is a new edge, read or
+        not (each one wakes its waiters), so `callback` runs once after any number of writes since its last call,
+        without a read syscall per wake-up; the counter, which only grows, would saturate after 2**64 - 2 writes."""
         if fd in self._handlers:
             raise KeyError(f"fd {fd} is already watched")
-        if drain_eventfd:
-            def handler(fd: int = fd, callback: Callable[[], None] = callback) -> None:
-                try:
-                    os.eventfd_read(fd)
-                except BlockingIOError:
-                    return
-                callback()
-        else:
-            handler = callback
-        self._epoll.register(fd, select.EPOLLIN)
-        self._handlers[fd] = handler
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLET if eventfd else select.EPOLLIN)
+        self._handlers[fd] = callback
 
     def unwatch(self, fd: int) -> None:
         if self._handlers.get(fd) is not None:
