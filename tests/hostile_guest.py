@@ -51,8 +51,9 @@ class HostileRun:
 
 
 def run_hostile(arch: str, tmp_path: Path, *, memory_mib: int, phases: tuple[int, ...] = ALL_PHASES,
-                rounds: int = 1, timeout: float = 600) -> HostileRun:
-    """One `pyvmm run` of the hostile guest with a 1 MiB disk of random bytes; RSS from wait4 of that process."""
+                rounds: int = 1, timeout: float = 600, extra_args: tuple[str, ...] = ()) -> HostileRun:
+    """One `pyvmm run` of the hostile guest with a 1 MiB disk of random bytes (and `extra_args`); RSS from wait4 of
+    that process."""
     disk = tmp_path / "disk.img"
     disk.write_bytes(os.urandom(DISK_BYTES))
     before = disk.read_bytes()
@@ -60,7 +61,7 @@ def run_hostile(arch: str, tmp_path: Path, *, memory_mib: int, phases: tuple[int
     mask = sum(1 << p for p in phases)
     command = [sys.executable, "-m", "pyvmm", "run", "--no-stdin", "-k", str(pyvmm_guests.path(arch, "hostile")),
                "-m", f"{memory_mib}M", "--disk", str(disk), "--stats-json", str(stats),
-               "--guest-arg", str(mask), "--guest-arg", str(memory_mib), "--guest-arg", str(rounds)]
+               "--guest-arg", str(mask), "--guest-arg", str(memory_mib), "--guest-arg", str(rounds), *extra_args]
     with open(tmp_path / "stderr", "w+b") as err:
         start = time.monotonic()
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)

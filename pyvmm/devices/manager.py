@@ -9,8 +9,9 @@ Virtio devices get the next free slot: base = window.base + n * window.stride, i
 notifications are KVM_IOEVENTFDs on QueueNotify (datamatch = queue index). The interrupt is edge- or level-triggered
 as the window says (pyvmm/devices/virtio/interrupt.py): edge is a KVM_IRQFD without resample (every signal pulses
 the line; the placement records the trigger so the arch tells the guest), level a KVM_IRQFD with a resamplefd; where
-KVM lacks the irqfd capability that needs, KVM_IRQ_LINE. One worker thread per device serves it. `close()` stops the
-devices before the VM's memory goes away.
+KVM lacks the irqfd capability that needs, KVM_IRQ_LINE. One worker thread per device serves it. The guest reads the
+virtio registers from read-only pages over the slots (`mirror_virtio_registers`; the transports keep them current),
+so only writes exit. `close()` stops the devices before the VM's memory goes away.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from pyvmm.devices.virtio.interrupt import IrqfdInterrupt, LineInterrupt
     from pyvmm.devices.virtio.transport import MmioTransport
     from pyvmm.devices.virtio.worker import DeviceWorker
+    from pyvmm.kvm.readonly import ReadOnlyPage
     from pyvmm.kvm.vcpu import Vcpu
     from pyvmm.kvm.vm import Vm
 
@@ -72,6 +74,7 @@ class DeviceManager:
         self._irq_line_arg = irq_line_arg
         self.coalesced: CoalescedZone | None = None
         self.mirror: tuple[MirroredDevice, PageMirror] | None = None
+        self.virtio_pages: list[tuple[ReadOnlyPage, list[VirtioSlot]]] = []  # read-only pages over virtio slots
 
     def irq_setter(self, irq: int) -> Callable[[int], None]:
         """A level setter for a device's interrupt line (KVM_IRQ_LINE)."""
@@ -185,6 +188,57 @@ class DeviceManager:
             index = counts.get(type(spec), 0)
             counts[type(spec)] = index + 1
             self.add_virtio(catalog.make_device(spec, index, console_output))
+        self.mirror_virtio_registers()
+
+    def mirror_virtio_registers(self) -> int:
+        """Map a read-only page over each host page of virtio slots in use, on which their transports keep every
+        register's value: the guest's register reads (InterruptStatus on each interrupt, the probe's) then cost no
+        exit. A virtio-mmio read has no side effects, so the pages stay mapped for good. Once, after the devices are
+        added. Returns how many pages are mapped: none where KVM lacks read-only slots or a host page reaches outside
+        the slot window (64 KiB pages over a smaller window); reads then exit as before."""
+        import mmap
+
+        from pyvmm.devices.coalesced import debug
+
+        if self.virtio_pages:
+            raise ValueError("the virtio register pages are mapped once, after every virtio device is added")
+        size, window = mmap.PAGESIZE, self._window
+        end = window.base + window.count * window.stride
+        pages: dict[int, list[VirtioSlot]] = {}
+        for slot in self.virtio:
+            pages.setdefault(slot.placement.base - slot.placement.base % size, []).append(slot)
+        for base, slots in pages.items():
+            if base < window.base or base + size > end:
+                debug("virtio-mmio: no read-only register page: a %d-byte host page at %#x reaches outside the "
+                      "slots (%#x-%#x)", size, base, window.base, end)
+                return len(self.virtio_pages)
+            try:
+                page = self.vm.readonly_page(base)
+            except OSError as err:
+                debug("virtio-mmio: no read-only register page (%s): every register read exits", err.strerror)
+                return len(self.virtio_pages)
+            registers = memoryview(page.buffer)
+            for slot in slots:
+                offset = slot.placement.base - base
+                slot.transport.mirror_reads(registers[offset : offset + MMIO_SIZE])
+            registers.release()
+            try:
+                page.show()
+            except OSError as err:
+                self._unmirror(page, slots)
+                debug("virtio-mmio: KVM refused a read-only register page (%s): every register read exits",
+                      err.strerror)
+                return len(self.virtio_pages)
+            self.virtio_pages.append((page, slots))
+            debug("virtio-mmio: register reads of %s served from a read-only page at %#x",
+                  ", ".join(slot.device.name for slot in slots), base)
+        return len(self.virtio_pages)
+
+    @staticmethod
+    def _unmirror(page: ReadOnlyPage, slots: list[VirtioSlot]) -> None:
+        for slot in slots:
+            slot.transport.mirror_reads(None)  # under its lock: no store into the page after this
+        page.close()
 
     def add_virtio(self, device: VirtioDevice) -> VirtioSlot:
         """Put a virtio device in the next free slot, wire its notifications and interrupt, start its worker."""
@@ -267,6 +321,13 @@ class DeviceManager:
             self._close_virtio()
 
     def _close_virtio(self) -> None:
+        from pyvmm.devices.coalesced import debug
+
+        pages, self.virtio_pages = self.virtio_pages, []
+        for page, slots in pages:
+            self._unmirror(page, slots)
+        for slot in self.virtio:
+            debug("%s: %d register reads exited", slot.transport.name, slot.transport.read_exits)
         for slot in self.virtio:
             # The device's fds close after its worker has stopped: at once, or when a worker stuck in host I/O
             # returns (closing them under it could hand their numbers to new fds it would then write).

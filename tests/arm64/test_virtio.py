@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -86,6 +87,18 @@ def test_interrupts_come_through_irqfd_and_reach_the_guest(disk_boot):
     assert len(counts) >= 5 and sum(count > 0 for count in counts) >= 4, out[-3000:]
     # the guest configured the SPIs as the device tree says: edge (an irqfd pulse on a level SPI could be lost)
     assert all(" Edge " in line for line in out.splitlines() if line.startswith("irq: ")), out[-3000:]
+
+
+def test_register_reads_come_from_the_read_only_page(disk_boot):
+    """Linux probed five devices and took an interrupt per request, reading InterruptStatus each time: all from the
+    read-only page over the slots, none of those reads exiting (only the ACK writes do)."""
+    err = disk_boot[0].stderr.decode(errors="replace")
+    devices = ["blk0", "blk1", "blk2", "console", "rng"]
+    mirrored = re.search(r"virtio-mmio: register reads of (.*) served from a read-only page at 0xa000000", err)
+    assert mirrored is not None and sorted(mirrored.group(1).split(", ")) == devices, err[-3000:]
+    exited = re.findall(r"virtio-mmio \((\w+)\): (\d+) register reads exited", err)
+    assert sorted(name for name, _ in exited) == devices, err[-3000:]
+    assert all(count == "0" for _, count in exited), exited
 
 
 def test_o_direct_reads_and_writes(disk_boot):

@@ -7,6 +7,12 @@ updates and ring bookkeeping, never across host I/O, so a vCPU never waits for a
 `generation`, which retires every handle of the previous activation, and disabling a queue bumps its epoch, so
 completions of requests taken before either are dropped instead of landing in a re-initialised ring.
 
+Register reads have no side effects, so the device manager may let the guest read them from a read-only page
+instead of exiting (`mirror_reads`): the transport then stores every value a read could observe into its window of
+that page, under the lock and before the change can matter (InterruptStatus before the interrupt is signalled, any
+register a write changed before the writing vCPU resumes). Writes still exit (or reach KVM's ioeventfd for
+QueueNotify). Linux's vm_interrupt then costs one exit (the ACK) instead of two.
+
 Interrupts (pyvmm/devices/virtio/interrupt.py): the InterruptStatus bit is set before the interrupt is signalled,
 and InterruptACK clears it here. An edge line (arm64) is pulsed on every signal and needs nothing else. A level line
 (x86_64) follows the register: with irqfd + resamplefd KVM lowers it when the guest EOIs and tells the worker, which
@@ -31,6 +37,13 @@ from pyvmm.errors import GuestMemoryError
 log = logging.getLogger(__name__)
 
 TRANSPORT_FEATURES = (1 << v.F_VERSION_1) | (1 << v.F_RING_INDIRECT_DESC) | (1 << v.F_RING_EVENT_IDX)
+# The registers whose value depends on state (the selectors, the queue set-up, status, interrupts, generation): the
+# mirror rewrites these after a change; the others are constants, written once.
+STATEFUL_REGISTERS = (v.MMIO_DEVICE_FEATURES, v.MMIO_QUEUE_NUM_MAX, v.MMIO_QUEUE_NUM, v.MMIO_QUEUE_READY,
+                      v.MMIO_INTERRUPT_STATUS, v.MMIO_STATUS, v.MMIO_QUEUE_DESC_LOW, v.MMIO_QUEUE_DESC_HIGH,
+                      v.MMIO_QUEUE_DRIVER_LOW, v.MMIO_QUEUE_DRIVER_HIGH, v.MMIO_QUEUE_DEVICE_LOW,
+                      v.MMIO_QUEUE_DEVICE_HIGH, v.MMIO_CONFIG_GENERATION)
+ISR_WORD = v.MMIO_INTERRUPT_STATUS // 4
 
 
 class InterruptLine(Protocol):
@@ -84,6 +97,8 @@ class MmioTransport:
         self.generation = 0
         self.warnings = WarningLimit()
         self._host_fds: _GuardedFds | None = None
+        self._mirror: memoryview | None = None  # this slot's registers on a read-only page, as 32-bit words
+        self.read_exits = 0  # register reads that reached `read` (--debug: none once mirrored)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -146,6 +161,7 @@ class MmioTransport:
     # -- register file (vCPU threads) ---------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
         with self.lock:
+            self.read_exits += 1
             if offset == v.MMIO_INTERRUPT_STATUS and size == 4:  # every interrupt: first, not 8th, in the chain
                 return self.isr
             if offset >= v.MMIO_CONFIG:
@@ -199,16 +215,18 @@ class MmioTransport:
         with self.lock:
             if offset == v.MMIO_INTERRUPT_ACK and size == 4:  # every interrupt
                 self.isr &= ~value
+                if self._mirror is not None:
+                    self._mirror[ISR_WORD] = self.isr
                 if self.isr == 0:
                     self.interrupt.lower()
                 return
             if offset >= v.MMIO_CONFIG:
                 if self.status & v.STATUS_DRIVER:
                     self.device.write_config(offset - v.MMIO_CONFIG, value.to_bytes(size, "little"))
-                return
-            if size != 4:
-                return
-            self._write_register(offset, value)
+            elif size == 4:
+                self._write_register(offset, value)
+            if self._mirror is not None:
+                self._publish()  # before this vCPU resumes: its next read may be of what it just changed
 
     def _write_register(self, offset: int, value: int) -> None:
         if offset == v.MMIO_DEVICE_FEATURES_SEL:
@@ -295,6 +313,9 @@ class MmioTransport:
         self.status |= v.STATUS_DEVICE_NEEDS_RESET
         if self.status & v.STATUS_DRIVER_OK:
             self.isr |= v.INT_CONFIG_CHANGE
+        if self._mirror is not None:
+            self._publish()
+        if self.status & v.STATUS_DRIVER_OK:
             self.interrupt.trigger()
 
     def fail(self, reason: str) -> None:
@@ -320,10 +341,50 @@ class MmioTransport:
     # -- the device side (worker thread, through the handles) ---------------------------------------------------
     def config_changed(self) -> None:
         with self.lock:
+            if self._mirror is not None:
+                # A driver reading the page meanwhile sees the generation change across any config bytes it read
+                # half old, half new (4.2.2.1: it reads the generation before and after), so bump it on both sides.
+                self.config_generation = (self.config_generation + 1) & 0xFFFF_FFFF
+                self._mirror[v.MMIO_CONFIG_GENERATION // 4] = self.config_generation
+                self._publish_config()
             self.config_generation = (self.config_generation + 1) & 0xFFFF_FFFF
             if self.status & v.STATUS_DRIVER_OK:
                 self.isr |= v.INT_CONFIG_CHANGE
+            if self._mirror is not None:
+                self._publish()
+            if self.status & v.STATUS_DRIVER_OK:
                 self.interrupt.trigger()
+
+    # -- the register mirror ------------------------------------------------------------------------------------
+    def mirror_reads(self, window: memoryview | None) -> None:
+        """Keep every register's value in `window` (this slot's MMIO_SIZE bytes of a read-only page that the guest
+        reads instead of exiting: pyvmm.devices.manager) from now on; None: stop writing there (before the page
+        goes away)."""
+        with self.lock:
+            if self._mirror is not None:
+                self._mirror.release()
+                self._mirror = None
+            if window is None:
+                return
+            if len(window) != v.MMIO_SIZE:
+                raise ValueError(f"a register window is {v.MMIO_SIZE:#x} bytes, not {len(window):#x}")
+            self._mirror = window.cast("I")  # aligned 32-bit stores: a concurrent guest read sees old or new
+            for offset in range(0, v.MMIO_CONFIG, 4):
+                self._mirror[offset // 4] = self._read_register(offset)
+            self._publish_config()
+
+    def _publish(self) -> None:
+        """Lock held, mirrored: store the registers that state changes can change."""
+        mirror, read = self._mirror, self._read_register
+        for offset in STATEFUL_REGISTERS:
+            mirror[offset // 4] = read(offset)
+
+    def _publish_config(self) -> None:
+        config = self.device.config_space()[: v.MMIO_SIZE - v.MMIO_CONFIG]
+        space = self._mirror.cast("B")[v.MMIO_CONFIG :]
+        space[: len(config)] = config
+        space[len(config) :] = bytes(len(space) - len(config))
+        space.release()
 
     def resample(self) -> None:
         """The guest EOI'd the level interrupt (irqfd resamplefd): re-assert while a status bit is still set."""
@@ -375,6 +436,8 @@ class _MmioQueue(Queue):
                 return
             if wanted:
                 transport.isr |= v.INT_USED_BUFFER  # the bit first, then the signal (4.2.3.4)
+                if transport._mirror is not None:
+                    transport._mirror[ISR_WORD] = transport.isr
                 transport.interrupt.trigger()
 
     def notify_later(self) -> None:
@@ -401,6 +464,8 @@ class _MmioInterrupt(Interrupt):
         with transport.lock:
             if self._generation == transport.generation:
                 transport.isr |= v.INT_USED_BUFFER  # the bit first, then the interrupt
+                if transport._mirror is not None:
+                    transport._mirror[ISR_WORD] = transport.isr
                 transport.interrupt.trigger()
 
     def signal_config(self) -> None:
