@@ -9,7 +9,8 @@ buffer) and the status byte, publishes the head, updates `used_event` (EVENT_IDX
 KVM_IOEVENTFD does), and then, as Linux's vm_interrupt does on the interrupt, reads InterruptStatus, writes
 InterruptACK and EOIs. The interrupt is arm64's edge irqfd (the EOI reaches no one); `--level` models x86_64's level
 line instead, where KVM signals the resamplefd on EOI and that wakes the worker once more. Not counted: KVM itself
-and the vCPU loop's decoding of the two MMIO exits (the register accesses are called directly).
+and the vCPU loop's decoding of the MMIO exits (the register accesses are called directly; in a VM the
+InterruptStatus read comes from the read-only register page and only the ACK exits).
 
     python3 benchmarks/blk_requests.py --callgrind                 # instructions per request, every mode
     python3 benchmarks/blk_requests.py --strace                    # syscalls per request, every mode
