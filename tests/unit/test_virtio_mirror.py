@@ -164,3 +164,28 @@ def test_without_a_page_that_fits_every_register_read_exits_as_before(window, re
     finally:
         devices.close()
         vm.close()
+
+
+class WritableConfig(RecordingDevice):
+    """A device whose config space the driver may write (none of pyvmm's does yet; the contract allows it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = bytearray(8)
+
+    def config_space(self) -> bytes:
+        return bytes(self.config)
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        self.config[offset : offset + len(data)] = data[: len(self.config) - offset]
+
+
+def test_a_config_write_is_on_the_page_before_the_vcpu_resumes():
+    transport = MmioTransport(WritableConfig(), ModelMemory(), CheckedInterrupt())
+    page = memoryview(bytearray(v.MMIO_SIZE))
+    transport.mirror_reads(page)
+    transport.write(v.MMIO_STATUS, 4, v.STATUS_ACKNOWLEDGE | v.STATUS_DRIVER)
+    transport.write(v.MMIO_CONFIG + 2, 2, 0xBEEF)
+    assert bytes(page[v.MMIO_CONFIG : v.MMIO_CONFIG + 8]) == b"\0\0\xef\xbe\0\0\0\0"
+    assert_page_matches_reads(transport, page)
+    transport.close()

@@ -109,7 +109,8 @@ class VirtioDevice(ABC):
 
     @abstractmethod
     def config_space(self) -> bytes:
-        """The device-specific configuration (read by the driver at MMIO offset 0x100)."""
+        """The device-specific configuration (read by the driver at MMIO offset 0x100). It changes only in
+        `write_config` or before `interrupt.signal_config()`: the transport publishes it to the guest then."""
 
     def write_config(self, offset: int, data: bytes) -> None:
         pass  # read-only configuration unless a device says otherwise

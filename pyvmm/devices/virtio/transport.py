@@ -220,13 +220,16 @@ class MmioTransport:
                 if self.isr == 0:
                     self.interrupt.lower()
                 return
-            if offset >= v.MMIO_CONFIG:
+            config = offset >= v.MMIO_CONFIG
+            if config:
                 if self.status & v.STATUS_DRIVER:
                     self.device.write_config(offset - v.MMIO_CONFIG, value.to_bytes(size, "little"))
             elif size == 4:
                 self._write_register(offset, value)
             if self._mirror is not None:
                 self._publish()  # before this vCPU resumes: its next read may be of what it just changed
+                if config:
+                    self._publish_config()
 
     def _write_register(self, offset: int, value: int) -> None:
         if offset == v.MMIO_DEVICE_FEATURES_SEL:
