@@ -195,17 +195,21 @@ notify:
 
 /* Wait until every offered chain is used, at most %ecx polls: %eax = R_DONE, R_NEEDS_RESET or R_NO_ANSWER. */
 wait_used:
-1:	mov	WORK + W_USED + 2, %ax
+	push	%edx
+	mov	$TD_SINK, %dx
+1:	out	%eax, %dx		/* one exit per poll (hostile.inc: WAIT_*) */
+	mov	WORK + W_USED + 2, %ax
 	cmp	WORK + W_AVAIL_IDX, %ax
 	je	2f
 	testl	$S_NEEDS_RESET, MMIO_STATUS(%esi)
 	jnz	3f
 	loop	1b
 	mov	$R_NO_ANSWER, %eax
-	ret
+	jmp	4f
 2:	mov	$R_DONE, %eax
-	ret
+	jmp	4f
 3:	mov	$R_NEEDS_RESET, %eax
+4:	pop	%edx
 	ret
 
 /* Notify, wait (long): %eax = result << 16 | status byte. */
