@@ -328,7 +328,6 @@ class DeviceManager:
             self._unmirror(page, slots)
         for slot in self.virtio:
             debug("%s: %d register reads exited", slot.transport.name, slot.transport.read_exits)
-        for slot in self.virtio:
             # The device's fds close after its worker has stopped: at once, or when a worker stuck in host I/O
             # returns (closing them under it could hand their numbers to new fds it would then write).
             slot.worker.close(then=partial(_release, slot))

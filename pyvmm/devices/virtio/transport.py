@@ -389,6 +389,14 @@ class MmioTransport:
         space[len(config) :] = bytes(len(space) - len(config))
         space.release()
 
+    def _signal(self, bit: int) -> None:
+        """Lock held: set an InterruptStatus bit, on the register page too, then signal the interrupt (4.2.3.4: the
+        bit first; a vCPU taking the interrupt reads the page without exiting)."""
+        self.isr |= bit
+        if self._mirror is not None:
+            self._mirror[ISR_WORD] = self.isr
+        self.interrupt.trigger()
+
     def resample(self) -> None:
         """The guest EOI'd the level interrupt (irqfd resamplefd): re-assert while a status bit is still set."""
         with self.lock:
@@ -438,10 +446,7 @@ class _MmioQueue(Queue):
                 transport._fail(f"queue {self.index}: {err}")
                 return
             if wanted:
-                transport.isr |= v.INT_USED_BUFFER  # the bit first, then the signal (4.2.3.4)
-                if transport._mirror is not None:
-                    transport._mirror[ISR_WORD] = transport.isr
-                transport.interrupt.trigger()
+                transport._signal(v.INT_USED_BUFFER)
 
     def notify_later(self) -> None:
         fds = self._transport.notify_fds
@@ -466,10 +471,7 @@ class _MmioInterrupt(Interrupt):
         transport = self._transport
         with transport.lock:
             if self._generation == transport.generation:
-                transport.isr |= v.INT_USED_BUFFER  # the bit first, then the interrupt
-                if transport._mirror is not None:
-                    transport._mirror[ISR_WORD] = transport.isr
-                transport.interrupt.trigger()
+                transport._signal(v.INT_USED_BUFFER)
 
     def signal_config(self) -> None:
         self._transport.config_changed()
