@@ -21,6 +21,7 @@ store-release followed by a load-acquire (STLR/LDAR or CASL/CASA on arm64), whic
 
 from __future__ import annotations
 
+import functools
 import struct
 import sys
 import threading
@@ -297,9 +298,7 @@ class Virtqueue:
         `ram` (the region at `base`); None otherwise, and then the general walk (same checks, one descriptor at a
         time) decides. What is accepted here the walk would accept, with the same views; the per-descriptor steps
         run in C (compares of raw bytes, tolist, map) instead of some twenty bytecodes each."""
-        links = _LINKS.get(count)
-        if links is None:
-            links = _LINKS[count] = _links(count)
+        links = _links(count)
         words = table.cast("I")  # per descriptor: addr (low, high), len, flags | next << 16
         flags = table.cast("H")[6::8].tobytes()
         first_write = flags.find(3)  # NEXT | WRITE's low byte: where the device-writable buffers start, if at all
@@ -372,12 +371,10 @@ class Virtqueue:
 
 _EMPTY = memoryview(b"")
 _NO_REGION = (1 << 64, _EMPTY)  # above any descriptor address: every buffer's start is negative from it
-# Per indirect table length (at most max_size of them): the flags | next << 16 words of a straight table's
-# descriptors but the last, all device-readable and all device-writable.
-_LINKS: dict[int, tuple[bytes, bytes]] = {}
-
-
+@functools.cache  # one entry per indirect table length: at most max_size of them
 def _links(count: int) -> tuple[bytes, bytes]:
+    """The flags | next << 16 words of a straight table's descriptors but the last, all device-readable and all
+    device-writable."""
     readable, writable = (struct.pack(f"<{count - 1}I", *(flags | (i + 1) << 16 for i in range(count - 1)))
                           for flags in (DESC_F_NEXT, DESC_F_NEXT | DESC_F_WRITE))
     return readable, writable
