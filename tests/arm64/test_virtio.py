@@ -149,8 +149,17 @@ ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 echo "mac=$(cat /sys/class/net/eth0/address)"
 ping -c 3 -W 5 10.0.2.2; echo "guest-ping-status=$?"
-sleep 8
+# Stay up until the host's echo request has come in (its ping loop runs from the start), at most 120 s: how long
+# that takes under emulation decides, not a fixed sleep. InEchos counts the requests received.
+echos() { awk '$1 == "Icmp:" { if (!col) { for (i = 2; i <= NF; i++) if ($i == "InEchos") col = i } else print $col }' \
+    /proc/net/snmp; }
+i=0; while [ "$(echos)" = 0 ] && [ $i -lt 120 ]; do sleep 1; i=$((i + 1)); done
+echo "guest-echo-requests=$(echos)"
+sleep 3  # the reply's way out
 """
+
+
+NET_TIMEOUT = 240  # below pytest-timeout's 300 s, so that a hang reports the console instead of nothing
 
 
 def _unshare_net() -> None:
@@ -168,15 +177,22 @@ def test_guest_and_host_ping_each_other_over_a_tap(l2_kernel, l2_initrd, tmp_pat
     setup = tmp_path / "tap.py"
     setup.write_text(TAP_SETUP)
     cmdline = f"panic=-1 console=ttyS0 earlycon pyvmm.cmd={b64(NET_GUEST)}"
+    # The host pings until a reply comes (each try waits 5 s: emulated latency); the loop is stopped by its pid
+    # when pyvmm ends (`kill %1` is not job control in a non-interactive sh), else it would hold the output pipe.
     host = (f"{sys.executable} {setup} && ip link set lo up && ip addr add 10.0.2.2/24 dev tap0 && "
             f"ip link set tap0 up && echo host-tap-ready || exit 9\n"
-            "( for i in $(seq 1 400); do ping -c 1 -W 1 10.0.2.15 >/dev/null 2>&1 && echo host-ping-ok && break; "
+            "( for i in $(seq 1 60); do ping -c 1 -W 5 10.0.2.15 >/dev/null 2>&1 && echo host-ping-ok && break; "
             "sleep 1; done ) &\n"
+            "pinger=$!\n"
             f"{sys.executable} -m pyvmm run --no-stdin -k {l2_kernel} -i {l2_initrd} -m 512M "
-            f"-p '{cmdline}' --net tap=tap0,mac=52:54:00:aa:bb:cc\n"
-            "status=$?; sleep 2; kill %1 2>/dev/null; exit $status\n")
-    result = subprocess.run(["sh", "-c", host], capture_output=True, timeout=LINUX_TIMEOUT,
-                            stdin=subprocess.DEVNULL, preexec_fn=_unshare_net)
+            f"-p '{cmdline}' --net tap=tap0,mac=52:54:00:aa:bb:cc --debug\n"
+            "status=$?; kill $pinger 2>/dev/null; wait; exit $status\n")
+    try:
+        result = subprocess.run(["sh", "-c", host], capture_output=True, timeout=NET_TIMEOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=_unshare_net)
+    except subprocess.TimeoutExpired as stuck:  # fail with what was printed so far, before pytest-timeout's bound
+        pytest.fail(f"no exit within {NET_TIMEOUT} s; stdout:\n{(stuck.stdout or b'').decode(errors='replace')[-6000:]}"
+                    f"\nstderr:\n{(stuck.stderr or b'').decode(errors='replace')[-3000:]}")
     out = result.stdout.decode(errors="replace")
     print(out[-4000:])
     print(result.stderr.decode(errors="replace")[-2000:])
@@ -184,7 +200,8 @@ def test_guest_and_host_ping_each_other_over_a_tap(l2_kernel, l2_initrd, tmp_pat
     assert "pyvmm-l2: loaded virtio_net" in out
     assert "mac=52:54:00:aa:bb:cc" in out
     assert "guest-ping-status=0" in out, out[-3000:]
-    assert "host-ping-ok" in out
+    assert "host-ping-ok" in out, out[-3000:]
+    assert not re.search(r"guest-echo-requests=0\b", out), out[-3000:]
     assert result.returncode == 0, result.stderr.decode()
 
 
