@@ -11,22 +11,16 @@ host 5 wake-ups a second, not 50). `close()` drains it one last time. kvmtool in
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import TYPE_CHECKING, Callable, Sequence, Protocol
+
+from pyvmm.devices.debuglog import debug
 
 if TYPE_CHECKING:
     from pyvmm.kvm.coalesced import CoalescedRing
 
 FLUSH_PERIOD_S = 0.02  # how late queued output may appear while the guest makes no exit ...
 FLUSH_PERIOD_MAX_S = 0.2  # ... and after a quiet spell
-
-
-def debug(message: str, *args: object) -> None:
-    """Log at debug level if logging is in use: importing it for a line nobody configured to show costs start-up."""
-    logging = sys.modules.get("logging")
-    if logging is not None:
-        logging.getLogger(__name__).debug(message, *args)
 
 
 class QueuedWriteDevice(Protocol):
@@ -81,4 +75,4 @@ class CoalescedZone:
             self.device.flush()
         finally:
             self.ring.close()
-        debug("%s: %d writes came through KVM's coalesced ring", self.device.name, self.device.queued_writes)
+        debug(__name__, "%s: %d writes came through KVM's coalesced ring", self.device.name, self.device.queued_writes)

@@ -20,6 +20,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from pyvmm.devices.bus import Bus, Device
+from pyvmm.devices.debuglog import debug
 from pyvmm.devices.placement import BUS_MMIO, BUS_PIO, GuestIdentity, Placement
 from pyvmm.devices.virtio.constants import MMIO_QUEUE_NOTIFY, MMIO_SIZE
 from pyvmm.errors import UsageError
@@ -97,7 +98,7 @@ class DeviceManager:
         before, where KVM lacks coalesced MMIO (or PIO, for a port I/O device) or refuses the zone."""
         from pyvmm_bindings import constants as c
 
-        from pyvmm.devices.coalesced import CoalescedZone, debug
+        from pyvmm.devices.coalesced import CoalescedZone
 
         if self.coalesced is not None:
             raise ValueError("one device per VM may queue writes: the coalesced ring has one consumer")
@@ -124,7 +125,7 @@ class DeviceManager:
             return False
         self.coalesced = CoalescedZone(ring, device, address, size, pio)
         self.coalesced.start()
-        debug("%s: writes to %#x (%d byte(s), %s) coalesced in KVM's ring of %d", device.name, address, size,
+        debug(__name__, "%s: writes to %#x (%d byte(s), %s) coalesced in KVM's ring of %d", device.name, address, size,
               "port" if pio else "MMIO", ring.size)
         return True
 
@@ -134,24 +135,24 @@ class DeviceManager:
         read-only slots or a host page would cover more than the device."""
         import mmap
 
-        from pyvmm.devices.coalesced import debug
         from pyvmm.devices.mirror import PageMirror
 
         if self.mirror is not None:
             raise ValueError("one device per VM has a register mirror")
         if placement.bus != BUS_MMIO or placement.base % mmap.PAGESIZE or placement.size < mmap.PAGESIZE:
-            debug("%s: no register mirror: a %d-byte host page does not fit its %#x bytes at %#x", device.name,
-                  mmap.PAGESIZE, placement.size, placement.base)
+            debug(__name__, "%s: no register mirror: a %d-byte host page does not fit its %#x bytes at %#x",
+                  device.name, mmap.PAGESIZE, placement.size, placement.base)
             return False
         try:
             page = self.vm.readonly_page(placement.base)
         except OSError as err:
-            debug("%s: no register mirror (%s): every read exits", device.name, err.strerror)
+            debug(__name__, "%s: no register mirror (%s): every read exits", device.name, err.strerror)
             return False
         self.mirror = (device, PageMirror(page))
-        device.mirror_reads(self.mirror[1])  # a slot KVM refuses leaves the device without it, with a warning
-        debug("%s: register reads served from a read-only page at %#x while free of side effects", device.name,
-              placement.base)
+        if not device.mirror_reads(self.mirror[1]):
+            return False  # KVM refused the slot update: the device warned, its reads exit; the page goes at close
+        debug(__name__, "%s: register reads served from a read-only page at %#x while free of side effects",
+              device.name, placement.base)
         return True
 
     def _close_mirror(self) -> None:
@@ -163,9 +164,7 @@ class DeviceManager:
             device.mirror_reads(None)
         finally:
             mirror.close()
-        from pyvmm.devices.coalesced import debug
-
-        debug("%s: %d register reads exited; the read-only page was mapped or unmapped %d times", device.name,
+        debug(__name__, "%s: %d register reads exited; the read-only page was mapped or unmapped %d times", device.name,
               device.read_exits, mirror.page.changes)
 
     def flush(self) -> None:
@@ -198,8 +197,6 @@ class DeviceManager:
         the slot window (64 KiB pages over a smaller window); reads then exit as before."""
         import mmap
 
-        from pyvmm.devices.coalesced import debug
-
         if self.virtio_pages:
             raise ValueError("the virtio register pages are mapped once, after every virtio device is added")
         size, window = mmap.PAGESIZE, self._window
@@ -209,13 +206,13 @@ class DeviceManager:
             pages.setdefault(slot.placement.base - slot.placement.base % size, []).append(slot)
         for base, slots in pages.items():
             if base < window.base or base + size > end:
-                debug("virtio-mmio: no read-only register page: a %d-byte host page at %#x reaches outside the "
-                      "slots (%#x-%#x)", size, base, window.base, end)
+                debug(__name__, "virtio-mmio: no read-only register page: a %d-byte host page at %#x reaches outside "
+                      "the slots (%#x-%#x)", size, base, window.base, end)
                 return len(self.virtio_pages)
             try:
                 page = self.vm.readonly_page(base)
             except OSError as err:
-                debug("virtio-mmio: no read-only register page (%s): every register read exits", err.strerror)
+                debug(__name__, "virtio-mmio: no read-only register page (%s): every register read exits", err.strerror)
                 return len(self.virtio_pages)
             registers = memoryview(page.buffer)
             for slot in slots:
@@ -226,11 +223,11 @@ class DeviceManager:
                 page.show()
             except OSError as err:
                 self._unmirror(page, slots)
-                debug("virtio-mmio: KVM refused a read-only register page (%s): every register read exits",
+                debug(__name__, "virtio-mmio: KVM refused a read-only register page (%s): every register read exits",
                       err.strerror)
                 return len(self.virtio_pages)
             self.virtio_pages.append((page, slots))
-            debug("virtio-mmio: register reads of %s served from a read-only page at %#x",
+            debug(__name__, "virtio-mmio: register reads of %s served from a read-only page at %#x",
                   ", ".join(slot.device.name for slot in slots), base)
         return len(self.virtio_pages)
 
@@ -321,13 +318,11 @@ class DeviceManager:
             self._close_virtio()
 
     def _close_virtio(self) -> None:
-        from pyvmm.devices.coalesced import debug
-
         pages, self.virtio_pages = self.virtio_pages, []
         for page, slots in pages:
             self._unmirror(page, slots)
         for slot in self.virtio:
-            debug("%s: %d register reads exited", slot.transport.name, slot.transport.read_exits)
+            debug(__name__, "%s: %d register reads exited", slot.transport.name, slot.transport.read_exits)
             # The device's fds close after its worker has stopped: at once, or when a worker stuck in host I/O
             # returns (closing them under it could hand their numbers to new fds it would then write).
             slot.worker.close(then=partial(_release, slot))

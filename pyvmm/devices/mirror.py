@@ -24,7 +24,8 @@ class MirroredDevice(Protocol):
     name: str
     read_exits: int  # how many register reads still exited (--debug)
 
-    def mirror_reads(self, mirror: RegisterMirror | None) -> None: ...
+    def mirror_reads(self, mirror: RegisterMirror | None) -> bool:
+        """True while the device keeps `mirror` current (False: KVM refused an update, reads exit)."""
 
 
 class PageMirror:

@@ -170,15 +170,16 @@ class Serial16550:
             return self._scr
         return 0
 
-    def mirror_reads(self, mirror: RegisterMirror | None) -> None:
+    def mirror_reads(self, mirror: RegisterMirror | None) -> bool:
         """Publish the registers' values through `mirror` whenever reading them is free of side effects, so that
         such reads (above all LSR before every console byte) need no exit, and hide them whenever not. None: stop
-        (the mirror is hidden first)."""
+        (the mirror is hidden first). False if KVM refused the first update: reads exit, as without a mirror."""
         with self._lock:
             if mirror is None and self._mirror is not None and self._mirrored is not None:
                 self._mirror.hide()
             self._mirror, self._mirrored = mirror, None
             self._sync_mirror()
+            return self._mirror is not None
 
     # Called with the lock held.
     def register_image(self) -> bytes | None:

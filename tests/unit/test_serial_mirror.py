@@ -4,10 +4,18 @@ console test boots Linux with the read-only page)."""
 
 from __future__ import annotations
 
+import errno
+import logging
+import mmap
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyvmm.arch.arm64 import layout as arm64_layout
+from pyvmm.arch.arm64 import machine as arm64_machine
 from pyvmm.devices import serial
+from pyvmm.devices.manager import DeviceManager
+from tests.unit.fakes import RecordingVm
 
 
 class RecordingMirror:
@@ -118,3 +126,22 @@ def test_whenever_the_mirror_shows_an_image_reading_any_register_returns_it_and_
             assert _state(uart) == before  # the reads the guest makes without exiting would have changed nothing
             uart.write(serial.RBR_THR, 1, 0x41)  # a THR write (maybe queued, unseen) leaves the image valid
             assert uart.register_image() == mirror.image
+
+
+def test_a_page_kvm_refuses_at_once_leaves_every_read_exiting_and_says_so(caplog):
+    class RefusingVm(RecordingVm):
+        def set_memory_region(self, slot, guest_phys, size, host_address, flags=0):
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    vm = RefusingVm(readonly=True)
+    devices = DeviceManager(vm, arm64_machine.VIRTIO_SLOTS, irq_line_arg=lambda irq: irq)
+    uart = serial.Serial16550(lambda data: None, lambda level: None)
+    placement = devices.add(uart, uart.identity, base=arm64_layout.UART, size=mmap.PAGESIZE)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            assert devices.mirror_reads(uart, placement) is False
+        assert "the register mirror failed" in caplog.text and "served from a read-only page" not in caplog.text
+        assert uart.read(serial.LSR, 1) & serial.LSR_THRE and uart.read_exits == 1  # answered by an exit
+    finally:
+        devices.close()
+        vm.close()
