@@ -55,7 +55,8 @@ DEVICE_OPTIONS: list[Callable] = [
                       "most); cache: writeback (default; the guest's flush fsyncs), writethrough (O_DSYNC) or unsafe "
                       "(flushes ignored). The file is locked: a second pyvmm cannot use it for writing."),
     click.option("--net", "nets", multiple=True, metavar="tap=NAME[,mac=XX:XX:XX:XX:XX:XX]",
-                 help="A virtio-net interface on host TAP device NAME (created if absent; needs CAP_NET_ADMIN)."),
+                 help="A virtio-net interface on host TAP device NAME (created if absent; needs CAP_NET_ADMIN). "
+                      "--debug prints at exit the frames and bytes each way and the frames the TAP dropped."),
     click.option("--console", "console_kind", type=click.Choice(["serial", "virtio"]), default="serial",
                  show_default=True,
                  help="Guest console: the UART (ttyS0), or a virtio-console (hvc0; the UART stays for early output "

@@ -333,6 +333,8 @@ class DeviceManager:
 
 
 def _release(slot: VirtioSlot) -> None:
+    if activity := slot.device.activity():  # the worker has stopped: the counts are final
+        debug(__name__, "%s: %s", slot.device.name, activity)
     slot.device.close()
     slot.interrupt.close()
     slot.transport.close()

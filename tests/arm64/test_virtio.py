@@ -202,6 +202,8 @@ def test_guest_and_host_ping_each_other_over_a_tap(l2_kernel, l2_initrd, tmp_pat
     assert "guest-ping-status=0" in out, out[-3000:]
     assert "host-ping-ok" in out, out[-3000:]
     assert not re.search(r"guest-echo-requests=0\b", out), out[-3000:]
+    counts = re.search(r"net0: (\d+) frames received \(\d+ bytes\), (\d+) sent", result.stderr.decode())
+    assert counts and int(counts[1]) >= 3 and int(counts[2]) >= 3, result.stderr.decode()[-2000:]  # pings each way
     assert result.returncode == 0, result.stderr.decode()
 
 

@@ -28,6 +28,11 @@ ARP_ROUND_TRIP = textwrap.dedent("""
     assert d.start()
     assert t.negotiated(n.F_GUEST_TSO4) and t.negotiated(n.F_MAC)  # offloads accepted, TUNSETOFFLOAD applied
     assert t.read(0x100, 4) == 0x00005452 and t.read(0x104, 2) == 0x0200
+    # The link is still down: the TAP refuses a frame (EIO), which the device drops and counts, as a dead wire.
+    mem.write(DATA, bytes(12 + 60))
+    d.add(n.TX, [(DATA, 12 + 60)], [])
+    device.notify(n.TX)
+    assert (device.tx_dropped, device.tx_frames) == (1, 0) and d.used(n.TX)
     # A fresh link also sends IPv6 multicast (MLD, router solicitations): turn IPv6 off so that frames on the
     # receive queue are ours, and still skip anything that is not the ARP reply (busy CI machines reorder things).
     with open("/proc/sys/net/ipv6/conf/vtap0/disable_ipv6", "w") as knob:
@@ -66,6 +71,9 @@ ARP_ROUND_TRIP = textwrap.dedent("""
     assert d.used(n.TX)
     assert reply[:6] == mac and reply[28:32] == bytes([10, 9, 0, 1]), reply[:32].hex()  # a reply from .1
     assert irq.triggers >= 2
+    assert device.tx_dropped == 1 and device.tx_frames >= 1 and device.tx_bytes == device.tx_frames * (len(frame) - 12)
+    assert device.rx_frames == seen and device.rx_bytes >= len(reply)
+    assert "dropped by the TAP" in device.activity()
     device.close()
     t.close()
     print("arp-reply-received")

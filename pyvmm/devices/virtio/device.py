@@ -161,6 +161,10 @@ class VirtioDevice(ABC):
         """Handle one chain of queue `index`; returns the bytes written into its device-writable buffers."""
         raise NotImplementedError(f"{self.name} does not serve queue {index} in userspace")
 
+    def activity(self) -> str:
+        """What the device did, for --debug at close (e.g. frames and drops); empty if it keeps no count."""
+        return ""
+
     def watched_fds(self) -> list[tuple[int, Callable[[], None]]]:
         """Host file descriptors the worker polls for this device from the start (callbacks run on the worker)."""
         return []

@@ -38,6 +38,8 @@ class Net(VirtioDevice):
         self.tap = Tap(config.tap)
         self._rx_chain: tuple[Queue, Chain] | None = None  # taken from that queue handle, waiting for a frame
         self._watching = True  # the worker polls the TAP from the start (watched_fds)
+        # Frames and their bytes (vnet header excluded) each way, and transmitted frames the TAP refused (worker).
+        self.rx_frames = self.rx_bytes = self.tx_frames = self.tx_bytes = self.tx_dropped = 0
 
     def config_space(self) -> bytes:
         return self.mac + struct.pack("<H", 1)  # mac, status (link up; STATUS is not offered, so informative)
@@ -72,10 +74,17 @@ class Net(VirtioDevice):
     def serve(self, index: int, chain: Chain) -> int:
         """A transmitq chain: one frame (vnet header first) for the TAP."""
         try:
-            os.writev(self.tap.fd, chain.readable)
+            sent = os.writev(self.tap.fd, chain.readable)
         except OSError:
-            pass  # TAP queue full or interface down: dropped, as a wire would
+            self.tx_dropped += 1  # TAP queue full or interface down: dropped, as a wire would
+            return 0
+        self.tx_frames += 1
+        self.tx_bytes += sent - VNET_HDR_SIZE
         return 0
+
+    def activity(self) -> str:
+        return (f"{self.rx_frames} frames received ({self.rx_bytes} bytes), {self.tx_frames} sent ({self.tx_bytes} "
+                f"bytes), {self.tx_dropped} dropped by the TAP (interface down or queue full)")
 
     def _receive(self) -> None:
         if len(self.queues) <= RX:
@@ -101,6 +110,8 @@ class Net(VirtioDevice):
             except BlockingIOError:
                 break
             self._rx_chain = None
+            self.rx_frames += 1
+            self.rx_bytes += size - VNET_HDR_SIZE
             # num_buffers follows the fields the TAP fills; it is 1 since MRG_RXBUF is not offered
             write_to(chain.writable, b"\x01\x00", skip=NUM_BUFFERS_OFFSET)
             done.append((chain, size))
