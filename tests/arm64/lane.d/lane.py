@@ -4,6 +4,7 @@ Usage and caching: tests/arm64/README.md."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -37,7 +38,11 @@ QEMU = ["qemu-system-aarch64", "-M", "virt,virtualization=on,gic-version=3", "-c
         "-nic", "none"]
 KEEP_LOGS = 30
 NO_KVM = 90  # PYVMM-LANE-RESULT value of init-l1.sh when /dev/kvm is missing
-BASE_APPEND = ["console=ttyAMA0", "panic=-1", "rdinit=/init", "quiet"]
+# oops=panic: an oops in the emulated host's own kernel ends it at once (panic=-1 reboots, -no-reboot exits) instead
+# of leaving pytest dead and the lane waiting for its timeout.
+BASE_APPEND = ["console=ttyAMA0", "panic=-1", "oops=panic", "rdinit=/init", "quiet"]
+PRINTK_TIME = re.compile(r"^\[\s*\d+\.\d+\]\s*")  # a kernel message's timestamp, where printk.time is on
+HOST_CRASH_RERUNS = 1  # boots after a crash of the emulated host's kernel (a host kernel bug, not a test result)
 
 
 @dataclass
@@ -119,6 +124,7 @@ class Outcome:
     booted: bool = False
     result: int | None = None
     panic: str = ""
+    crash: str = ""  # the emulated host's kernel died: its first oops or panic line, and where (pc) if printed
     summary: list[str] = field(default_factory=list)
 
 
@@ -140,6 +146,13 @@ def stream(cmd: list[str], logfile: Path) -> tuple[int, Outcome]:
                 out.result = int(line.split()[1])
             elif "Kernel panic" in line and not out.panic:
                 out.panic = line.strip()
+            # The L1 kernel's own messages reach the console as they happen; an L2 guest's come later, in pytest's
+            # report, once pytest is done: `crash` only counts when no PYVMM-LANE-RESULT line came.
+            message = PRINTK_TIME.sub("", line)
+            if message.startswith(("Unable to handle kernel", "Internal error: Oops", "Kernel panic")) and not out.crash:
+                out.crash = message.strip()
+            elif message.startswith("pc : ") and out.crash and "; pc " not in out.crash:
+                out.crash += f"; pc {message[5:].strip()}"
             if "short test summary info" in line:
                 # The outer pytest's block comes last; an earlier one is a test's own inner pytest (-rA output).
                 in_summary = True
@@ -221,13 +234,21 @@ def main(argv: list[str]) -> int:
         prep = time.monotonic() - t0
         log(f"L1 kernel: {kind} {kernel}; checkout {CHECKOUT} as {how}; initramfs "
             f"{initrd.stat().st_size / 2**20:.1f} MiB; prepared in {prep:.1f} s")
-        logfile = cache / "logs" / f"lane-{work.name}-{kind}.log"
-        logfile.parent.mkdir(exist_ok=True)
         cmd = ["timeout", "--kill-after=10", str(o.timeout), *QEMU, "-kernel", str(kernel), "-initrd", str(initrd),
                "-append", " ".join(BASE_APPEND + o.append)]
-        log(f"booting the emulated arm64 host (timeout {o.timeout} s); console log: {logfile}")
-        t1 = time.monotonic()
-        rc, out = stream(cmd, logfile)
+        crashes: list[str] = []
+        for boot in range(1 + HOST_CRASH_RERUNS):
+            logfile = cache / "logs" / f"lane-{work.name}-{kind}{f'-boot{boot + 1}' if boot else ''}.log"
+            logfile.parent.mkdir(exist_ok=True)
+            log(f"booting the emulated arm64 host (timeout {o.timeout} s); console log: {logfile}")
+            t1 = time.monotonic()
+            rc, out = stream(cmd, logfile)
+            if out.result is not None or not out.booted or not out.crash:
+                break
+            crashes.append(f"{out.crash} (log {logfile})")
+            if boot < HOST_CRASH_RERUNS:
+                log(f"the emulated host's kernel crashed: {out.crash}. That is a bug of the host kernel, not a result "
+                    f"of the tests: booting it again and running them once more")
         for stale in sorted((cache / "logs").glob("lane-*.log"))[:-KEEP_LOGS]:
             stale.unlink(missing_ok=True)
         latest = cache / "logs" / "latest.log"
@@ -241,6 +262,8 @@ def main(argv: list[str]) -> int:
         print(line)
     print(f"host kernel: {kind} ({kernel}); prepare {prep:.1f} s, emulated run {took:.1f} s, total "
           f"{time.monotonic() - t0:.1f} s; log {logfile}", flush=True)
+    for boot, crash in enumerate(crashes, 1):
+        print(f"PYVMM-LANE: boot {boot} of this run ended in a crash of the emulated host's kernel: {crash}", flush=True)
     if out.result is not None:
         if out.result == NO_KVM:
             raise LaneError(f"/dev/kvm is missing in the emulated host; see {logfile}", NO_KVM)
@@ -252,6 +275,9 @@ def main(argv: list[str]) -> int:
     if not out.booted:
         raise LaneError(f"the emulated host did not reach its /init (qemu status {rc}"
                         f"{'; ' + out.panic if out.panic else ''}); see {logfile}", 21)
+    if out.crash:
+        raise LaneError(f"the emulated host's kernel crashed {len(crashes)} times in a row (a host kernel bug, not a "
+                        f"test result): {out.crash}; see {logfile}", 23)
     raise LaneError(f"the emulated host stopped without a PYVMM-LANE-RESULT line (qemu status {rc}"
                     f"{'; ' + out.panic if out.panic else ''}); see {logfile}", 22)
 
