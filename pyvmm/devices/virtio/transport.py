@@ -314,12 +314,10 @@ class MmioTransport:
                           self.warnings.suppressed)
         self.broken = reason
         self.status |= v.STATUS_DEVICE_NEEDS_RESET
-        if self.status & v.STATUS_DRIVER_OK:
-            self.isr |= v.INT_CONFIG_CHANGE
         if self._mirror is not None:
-            self._publish()
+            self._publish()  # the status, before the interrupt that makes the driver read it
         if self.status & v.STATUS_DRIVER_OK:
-            self.interrupt.trigger()
+            self._signal(v.INT_CONFIG_CHANGE)
 
     def fail(self, reason: str) -> None:
         with self.lock:
@@ -351,12 +349,10 @@ class MmioTransport:
                 self._mirror[v.MMIO_CONFIG_GENERATION // 4] = self.config_generation
                 self._publish_config()
             self.config_generation = (self.config_generation + 1) & 0xFFFF_FFFF
-            if self.status & v.STATUS_DRIVER_OK:
-                self.isr |= v.INT_CONFIG_CHANGE
             if self._mirror is not None:
-                self._publish()
+                self._publish()  # the generation, before the interrupt
             if self.status & v.STATUS_DRIVER_OK:
-                self.interrupt.trigger()
+                self._signal(v.INT_CONFIG_CHANGE)
 
     # -- the register mirror ------------------------------------------------------------------------------------
     def mirror_reads(self, window: memoryview | None) -> None:
